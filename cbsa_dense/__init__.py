@@ -1,0 +1,8 @@
+"""cbsa_dense: Contract-and-Broadcast Self-Attention (CBSA) for dense vision.
+
+Layout: ``layers`` (torch building blocks), ``models`` (plain ``nn.Module`` encoders, necks, heads),
+``tasks`` (LightningModules), ``data`` (datasets and datamodules), ``metrics`` (torchmetrics Metrics),
+``commands`` (the non-training subcommands of ``cbsa-dense``), ``cli`` (the entry point).
+"""
+
+__version__ = "0.1.0"

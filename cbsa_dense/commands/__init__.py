@@ -1,0 +1,1 @@
+"""Non-training subcommands of ``cbsa-dense``; each module exposes ``main(argv: list[str]) -> int``."""

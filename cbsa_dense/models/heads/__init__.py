@@ -1,0 +1,1 @@
+"""cbsa_dense.models.heads."""

@@ -1,0 +1,1 @@
+"""LightningModules (systems): they own losses, metrics and optimization; models come injected."""

@@ -1,0 +1,80 @@
+"""Shared LightningModule machinery: injected optimizer/scheduler, parameter groups, freezing.
+
+Task subclasses (segmentation, detection) build their ``nn.Module`` model, then define the steps. The
+optimizer and scheduler are injected as callables (LightningCLI ``class_path`` + ``init_args``); the
+task only decides which parameters go into which group.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from cbsa_dense.tasks.param_groups import apply_lr_scale, param_groups
+
+
+class BaseTask(LightningModule):
+    """Base of every task.
+
+    Args:
+        optimizer: callable ``params -> Optimizer``; ``None`` = :meth:`default_optimizer`.
+        lr_scheduler: callable ``optimizer -> LRScheduler`` stepped every iteration; ``None`` =
+            :meth:`default_scheduler`. Schedulers with ``resolve_total`` get the run length.
+        weight_decay: override of the optimizer's weight decay for decayed groups (norms, biases,
+            position embeddings, tokens and CBSA step sizes are never decayed).
+        layer_decay: layer-wise lr decay factor over encoder blocks (e.g. 0.65), or ``None``.
+        freeze: glob patterns of parameter names to freeze (e.g. ``["encoder.*"]``).
+    """
+
+    def __init__(self, optimizer: OptimizerCallable | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None, weight_decay: float | None = None,
+                 layer_decay: float | None = None, freeze: list[str] | None = None) -> None:
+        super().__init__()
+        self.optimizer_fn = optimizer
+        self.lr_scheduler_fn = lr_scheduler
+        self.weight_decay = weight_decay
+        self.layer_decay = layer_decay
+        self.freeze_patterns = list(freeze or [])
+
+    def apply_freeze(self) -> list[str]:
+        """Freeze the parameters matching ``freeze``; returns their names. Call at the end of ``__init__``."""
+        frozen = []
+        for name, param in self.named_parameters():
+            if any(fnmatch.fnmatch(name, pattern) for pattern in self.freeze_patterns):
+                param.requires_grad_(False)
+                frozen.append(name)
+        if self.freeze_patterns and not frozen:
+            raise ValueError(f"freeze patterns {self.freeze_patterns} match no parameter of {type(self).__name__}")
+        return frozen
+
+    def num_encoder_layers(self) -> int | None:
+        """Encoder depth for layer-wise decay (``encoder.blocks`` length when present)."""
+        encoder = getattr(self, "encoder", None) or getattr(getattr(self, "model", None), "encoder", None)
+        blocks = getattr(encoder, "blocks", None)
+        return len(blocks) if blocks is not None else None
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        """Used when no optimizer is configured: AdamW, lr 1e-4, weight decay 0.05."""
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+    def default_scheduler(self, optimizer: torch.optim.Optimizer):
+        """Used when no scheduler is configured: poly decay (power 0.9) over the run."""
+        from cbsa_dense.tasks.schedulers import WarmupPolyLR
+
+        return WarmupPolyLR(optimizer, power=0.9)
+
+    def configure_optimizers(self):
+        groups = param_groups(self, weight_decay=self.weight_decay, layer_decay=self.layer_decay,
+                              num_layers=self.num_encoder_layers())
+        for group in groups:
+            group.pop("names")
+        make_optimizer = self.optimizer_fn or self.default_optimizer
+        optimizer = make_optimizer(groups)
+        apply_lr_scale(optimizer)
+        scheduler = (self.lr_scheduler_fn or self.default_scheduler)(optimizer)
+        if hasattr(scheduler, "resolve_total") and self._trainer is not None:
+            scheduler.resolve_total(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
