@@ -6,3 +6,11 @@ Layout: ``layers`` (torch building blocks), ``models`` (plain ``nn.Module`` enco
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "load_official_checkpoint":
+        from cbsa_dense.models.official import load_official_checkpoint
+
+        return load_official_checkpoint
+    raise AttributeError(f"module 'cbsa_dense' has no attribute {name!r}")
