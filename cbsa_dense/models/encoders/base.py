@@ -1,0 +1,96 @@
+"""The encoder output contract and the token plumbing shared by the ViT and CBT encoders.
+
+Contract (every encoder): ``encoder(images: (B, C, H, W)) -> list[Tensor]``, one NCHW feature map per
+entry of ``out_indices``, with ``encoder.out_channels[i]`` channels at stride ``encoder.out_strides[i]``
+(spatial size ``ceil(H / stride)``, ``ceil(W / stride)``). Prefix tokens (CLS, registers) are dropped.
+Necks and heads check their inputs against ``out_channels`` / ``out_strides``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class TokenEncoder(nn.Module):
+    """Base of plain (single-stride) transformer encoders over patch tokens.
+
+    Subclasses create ``patch_embed`` (images -> (B, H', W', C) tokens; it exposes ``grid_size``, the
+    grid the position embedding was made for), ``blocks`` (each called as ``block(x, grid, prefix)``)
+    and ``norm``, then call :meth:`_init_tokens`.
+    """
+
+    patch_embed: nn.Module
+    blocks: nn.ModuleList
+    norm: nn.Module
+
+    def _init_tokens(self, embed_dim: int, grid_size: tuple[int, int], stride: int, class_token: bool,
+                     reg_tokens: int, no_embed_class: bool, out_indices: Sequence[int], depth: int,
+                     final_norm: bool, grad_checkpointing: bool) -> None:
+        self.embed_dim = embed_dim
+        self.patch_size = stride
+        self.no_embed_class = no_embed_class
+        self.num_reg_tokens = reg_tokens
+        self.num_prefix_tokens = int(class_token) + reg_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embed_len = grid_size[0] * grid_size[1] + (0 if no_embed_class else self.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
+        trunc_normal_(self.pos_embed, std=0.02)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
+        indices = [i if i >= 0 else depth + i for i in out_indices]
+        if not indices or any(not 0 <= i < depth for i in indices) or sorted(set(indices)) != indices:
+            raise ValueError(f"out_indices must be increasing block indices in [-{depth}, {depth}), got "
+                             f"{list(out_indices)}")
+        self.out_indices = indices
+        self.out_channels = [embed_dim] * len(indices)
+        self.out_strides = [stride] * len(indices)
+        self.final_norm = final_norm
+        self.grad_checkpointing = grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (saves memory, costs ~1/3 more compute)."""
+        self.grad_checkpointing = enable
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Add (resampled) position embeddings and prepend prefix tokens. x (B, H, W, C) -> (B, N, C)."""
+        b, h, w, c = x.shape
+        pos = self.pos_embed
+        prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        if (h, w) != tuple(self.patch_embed.grid_size):
+            pos = resample_abs_pos_embed(pos, new_size=(h, w), old_size=self.patch_embed.grid_size,
+                                         num_prefix_tokens=prefix)
+        x = x.reshape(b, h * w, c)
+        tokens = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            return torch.cat([*tokens, x + pos], dim=1)
+        return torch.cat([*tokens, x], dim=1) + pos
+
+    def forward_tokens(self, images: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Run the blocks; returns the token sequences (B, N, C) at ``out_indices`` and the grid."""
+        x = self.patch_embed(images)
+        grid = (x.shape[1], x.shape[2])
+        x = self._pos_embed(x)
+        outputs = []
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, grid, self.num_prefix_tokens, use_reentrant=False)
+            else:
+                x = block(x, grid, self.num_prefix_tokens)
+            if i in self.out_indices:
+                outputs.append(self.norm(x) if (i == last and self.final_norm) else x)
+        return outputs, grid
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, C, H, W) -> list of (B, embed_dim, ceil(H/stride), ceil(W/stride)), one per out index."""
+        tokens, (h, w) = self.forward_tokens(images)
+        p = self.num_prefix_tokens
+        return [t[:, p:p + h * w].reshape(t.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+                for t in tokens]
