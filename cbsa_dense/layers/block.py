@@ -23,18 +23,18 @@ class Block(nn.Module):
         dim: token width.
         num_heads: attention heads.
         attn_layer: attention type, called as ``attn_layer(dim, num_heads)``; it must accept
-            ``(x, grid, num_prefix_tokens)``.
+            ``(x, grid, num_prefix_tokens)``; ``None`` = :class:`SoftmaxAttention`.
         mlp_ratio: MLP hidden width / dim.
         init_values: LayerScale init (``None`` = no LayerScale).
         drop_path: stochastic-depth probability.
         norm_eps: LayerNorm epsilon.
     """
 
-    def __init__(self, dim: int, num_heads: int, attn_layer: AttnLayer = SoftmaxAttention, mlp_ratio: float = 4.0,
+    def __init__(self, dim: int, num_heads: int, attn_layer: AttnLayer | None = None, mlp_ratio: float = 4.0,
                  init_values: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = attn_layer(dim, num_heads)
+        self.attn = (attn_layer or SoftmaxAttention)(dim, num_heads)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)

@@ -24,7 +24,8 @@ class ViTEncoder(TokenEncoder):
     """Vision Transformer encoder returning NCHW feature maps (see :mod:`.base` for the contract).
 
     Every block's attention is injected: one type for all blocks (``CBSAAttention`` or
-    ``SoftmaxAttention``) or a list with one entry per block. Any input size works: images are padded
+    ``SoftmaxAttention``), optionally another type for chosen blocks (``alt_attn_layer`` at
+    ``alt_attn_blocks``, e.g. softmax in the last block of a CBSA encoder). Any input size works: images are padded
     to a multiple of the patch size and position embeddings are resampled (bicubic) to the grid.
 
     Args:
@@ -35,7 +36,11 @@ class ViTEncoder(TokenEncoder):
         depth: number of blocks.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / embed_dim.
-        attn_layer: attention type called as ``attn_layer(dim, num_heads)``, or a list of ``depth`` of them.
+        attn_layer: attention type of every block, called as ``attn_layer(dim, num_heads)``; ``None`` =
+            :class:`~cbsa_dense.layers.SoftmaxAttention` (a class default would leak its init_args into
+            a configured ``class_path`` under jsonargparse).
+        alt_attn_layer: attention type of the blocks listed in ``alt_attn_blocks``.
+        alt_attn_blocks: block indices (negative from the end) that use ``alt_attn_layer``.
         class_token: prepend a CLS token (dropped from the outputs).
         reg_tokens: number of register tokens (DINOv2-reg).
         no_embed_class: position embedding covers patches only (timm's flag; DINOv2-reg checkpoints).
@@ -52,14 +57,18 @@ class ViTEncoder(TokenEncoder):
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 attn_layer: AttnLayer | list[AttnLayer] = SoftmaxAttention, class_token: bool = True,
+                 attn_layer: AttnLayer | None = None, alt_attn_layer: AttnLayer | None = None,
+                 alt_attn_blocks: Sequence[int] = (), class_token: bool = True,
                  reg_tokens: int = 0, no_embed_class: bool = False, init_values: float | None = None,
                  drop_path_rate: float = 0.0, out_indices: Sequence[int] = (-1,), final_norm: bool = True,
                  norm_eps: float = 1e-6, pretrained: str | None = None, grad_checkpointing: bool = False) -> None:
         super().__init__()
-        attn_layers = list(attn_layer) if isinstance(attn_layer, (list, tuple)) else [attn_layer] * depth
-        if len(attn_layers) != depth:
-            raise ValueError(f"attn_layer lists {len(attn_layers)} attention types for depth={depth}")
+        alt = {i if i >= 0 else depth + i for i in alt_attn_blocks}
+        if alt and (alt_attn_layer is None or not alt <= set(range(depth))):
+            raise ValueError(f"alt_attn_blocks={list(alt_attn_blocks)} needs alt_attn_layer and block indices "
+                             f"in [-{depth}, {depth})")
+        attn_layer = attn_layer or SoftmaxAttention
+        attn_layers = [alt_attn_layer if i in alt else attn_layer for i in range(depth)]
         self.patch_embed = PatchEmbed(img_size=to_2tuple(img_size), patch_size=patch_size, in_chans=in_chans,
                                       embed_dim=embed_dim, flatten=False, output_fmt="NHWC",
                                       strict_img_size=False, dynamic_img_pad=True)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from cbsa_dense.models.encoders import ViTEncoder
+from cbsa_dense.tasks.param_groups import apply_lr_scale, layer_id, param_groups
+from cbsa_dense.tasks.schedulers import WarmupCosineLR, WarmupPolyLR, WarmupStepLR
+
+
+class _Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = ViTEncoder(img_size=32, embed_dim=32, depth=3, num_heads=2)
+        self.head = nn.Linear(32, 4)
+
+
+def test_layer_ids():
+    assert layer_id("encoder.pos_embed", 3) == 0
+    assert layer_id("encoder.blocks.2.attn.qkv.weight", 3) == 3
+    assert layer_id("model.encoder.blocks.0.norm1.weight", 3) == 1
+    assert layer_id("head.weight", 3) == 4
+
+
+def test_groups_exclude_norms_biases_tokens_from_decay_and_scale_lr_by_depth():
+    model = _Model()
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.5, num_layers=3)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["encoder.pos_embed"]["weight_decay"] == 0.0
+    assert by_name["encoder.blocks.0.norm1.weight"]["weight_decay"] == 0.0
+    assert by_name["encoder.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
+    assert by_name["head.weight"]["lr_scale"] == 1.0
+    assert by_name["encoder.blocks.2.attn.qkv.weight"]["lr_scale"] == 0.5
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 4
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for g in groups:
+        g.pop("names")
+    opt = torch.optim.SGD(groups, lr=1.0)
+    apply_lr_scale(opt)
+    apply_lr_scale(opt)                                          # idempotent
+    assert sorted({g["lr"] for g in opt.param_groups}) == [0.5 ** k for k in range(4, -1, -1)]
+
+
+def test_frozen_parameters_are_left_out():
+    model = _Model()
+    model.encoder.requires_grad_(False)
+    groups = param_groups(model)
+    assert {n for g in groups for n in g["names"]} == {"head.weight", "head.bias"}
+
+
+def test_bad_layer_decay():
+    with pytest.raises(ValueError, match="layer_decay"):
+        param_groups(_Model(), layer_decay=0.5)
+
+
+def _lrs(sched_cls, steps, **kwargs):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = sched_cls(opt, **kwargs)
+    sched.resolve_total(steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_poly_schedule_matches_mmseg_formula():
+    lrs = _lrs(WarmupPolyLR, 10, power=0.9)
+    assert lrs == pytest.approx([(1 - i / 10) ** 0.9 for i in range(10)])
+
+
+def test_warmup_cosine_and_step():
+    lrs = _lrs(WarmupCosineLR, 20, warmup_iters=5, warmup_ratio=0.0)
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 5 / 20)).item()))
+    lrs = _lrs(WarmupStepLR, 100, milestones=(0.5, 0.9), warmup_iters=0)
+    assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1) and lrs[95] == pytest.approx(0.01)
