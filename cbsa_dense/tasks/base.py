@@ -15,6 +15,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cbsa_dense.tasks.param_groups import apply_lr_scale, param_groups
 
+#: Datamodule attributes saved into every checkpoint (``checkpoint["data_info"]``) so that evaluation,
+#: prediction and export need no training config: class names, normalization, label conventions.
+DATA_INFO_KEYS = ("num_classes", "class_names", "mean", "std", "reduce_zero_label", "ignore_index",
+                  "palette", "category_ids", "image_size")
+
 
 class BaseTask(LightningModule):
     """Base of every task.
@@ -50,6 +55,18 @@ class BaseTask(LightningModule):
             raise ValueError(f"freeze patterns {self.freeze_patterns} match no parameter of {type(self).__name__}")
         return frozen
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        info = dict(getattr(self, "data_info", None) or {})
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        for key in DATA_INFO_KEYS:
+            value = getattr(datamodule, key, None)
+            if value is not None:
+                info[key] = _plain(value)
+        checkpoint["data_info"] = info
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_info = checkpoint.get("data_info", {})
+
     def num_encoder_layers(self) -> int | None:
         """Encoder depth for layer-wise decay (``encoder.blocks`` length when present)."""
         encoder = getattr(self, "encoder", None) or getattr(getattr(self, "model", None), "encoder", None)
@@ -78,3 +95,14 @@ class BaseTask(LightningModule):
         if hasattr(scheduler, "resolve_total") and self._trainer is not None:
             scheduler.resolve_total(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _plain(value):
+    """Tensors / arrays / tuples -> plain Python (JSON-friendly) values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,6 @@
+"""Lightning callbacks of the project."""
+
+from cbsa_dense.callbacks.compile import CompileEncoder
+from cbsa_dense.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
+
+__all__ = ["CompileEncoder", "FiniteLossCheck", "NonFiniteLossError"]
