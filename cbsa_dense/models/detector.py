@@ -76,13 +76,13 @@ class Detector(nn.Module):
         return self.head(batch, features, targets)
 
     @staticmethod
-    def postprocess(detections: list[dict[str, Tensor]], scales: Sequence[float],
+    def postprocess(detections: list[dict[str, Tensor]], scales: Sequence[tuple[float, float]],
                     original_sizes: Sequence[tuple[int, int]], mask_threshold: float = 0.5) -> list[dict[str, Tensor]]:
         """Map detections from input pixels back to original image pixels.
 
         Args:
             detections: output of :meth:`forward` in eval.
-            scales: per image, input pixels per original pixel (the datamodule's resize factor).
+            scales: per image, (y, x) input pixels per original pixel (the datamodule's resize factors).
             original_sizes: per image (height, width) of the original image.
             mask_threshold: probability above which a pasted mask pixel is foreground.
 
@@ -92,7 +92,7 @@ class Detector(nn.Module):
         """
         out = []
         for det, scale, (h0, w0) in zip(detections, scales, original_sizes):
-            boxes = det["boxes"] / float(scale)
+            boxes = det["boxes"] / det["boxes"].new_tensor([scale[1], scale[0], scale[1], scale[0]])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w0)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h0)
             item = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"]}

@@ -1,0 +1,144 @@
+"""LightningDataModule over COCO (``train2017/``, ``val2017/``, ``annotations/``) or any COCO-format json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from cbsa_dense.data.coco_dataset import COCODetectionDataset, COCOFormatError, collate_detection, load_coco
+from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from cbsa_dense.data.seeding import seed_worker
+
+
+class COCODetectionDataModule(LightningDataModule):
+    """COCO-format detection data: validated jsons, LSJ training and resize+pad evaluation pipelines.
+
+    Paths are relative to ``root`` when it is given. The category list (sorted by id) comes from the
+    training json, or from the validation json when there is no training split; every split must
+    declare the same categories. Contiguous label ``i`` is json category ``category_ids[i]``.
+
+    Args:
+        root: directory the other paths are relative to (``None``: paths as given).
+        train_json: training annotations (``annotations/instances_train2017.json``).
+        train_images: training image directory (``train2017``).
+        val_json: validation annotations; also the test/predict default.
+        val_images: validation image directory.
+        test_json: test annotations (default: ``val_json``).
+        test_images: test image directory (default: ``val_images``).
+        predict_json: json whose ``images`` are predicted (annotations optional; default: test, then val).
+        predict_images: image directory of ``predict_json`` (default: test, then val images).
+        image_size: side of the square input (longest-side resize + pad; LSJ crop in training).
+        scale_range: large-scale-jitter scale range in training.
+        hflip: horizontal flip probability in training.
+        min_box_size: training boxes smaller than this (pixels, after augmentation) are dropped.
+        mean: per-channel normalization mean of [0, 1] pixels.
+        std: per-channel normalization std of [0, 1] pixels.
+        with_masks: load instance masks (polygons or RLE) for mask heads and segm evaluation.
+        drop_invalid: drop (and log counts of) invalid annotations and missing images instead of failing.
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        num_workers: DataLoader workers (each reseeds the augmentation, see ``seed_worker``).
+    """
+
+    def __init__(self, root: str | None = None, train_json: str | None = None, train_images: str | None = None,
+                 val_json: str | None = None, val_images: str | None = None, test_json: str | None = None,
+                 test_images: str | None = None, predict_json: str | None = None,
+                 predict_images: str | None = None, image_size: int = 1024,
+                 scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
+                 eval_batch_size: int | None = None, num_workers: int = 2) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.splits = {
+            "train": (train_json, train_images),
+            "val": (val_json, val_images),
+            "test": (test_json or val_json, test_images or val_images),
+            "predict": (predict_json or test_json or val_json, predict_images or test_images or val_images),
+        }
+        for split, (json_path, images) in self.splits.items():
+            if (json_path is None) != (images is None):
+                raise ValueError(f"{split}: give both the json and the image directory (got {json_path!r}, "
+                                 f"{images!r})")
+        self.image_size = image_size
+        self.scale_range = tuple(scale_range)
+        self.hflip = hflip
+        self.min_box_size = min_box_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.with_masks = with_masks
+        self.drop_invalid = drop_invalid
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.datasets: dict[str, COCODetectionDataset] = {}
+        self.category_ids: list[int] = []
+        self.class_names: list[str] = []
+
+    def _path(self, path: str) -> Path:
+        return Path(self.root) / path if self.root is not None else Path(path)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object categories (after :meth:`setup`)."""
+        return len(self.category_ids)
+
+    def _set_categories(self, coco, json_path: Path) -> None:
+        cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+        ids = [c["id"] for c in cats]
+        if not self.category_ids:
+            self.category_ids = ids
+            self.class_names = [str(c.get("name", c["id"])) for c in cats]
+        elif ids != self.category_ids:
+            raise COCOFormatError(f"{json_path}: categories {ids} differ from the first split's {self.category_ids}")
+
+    def _dataset(self, split: str) -> COCODetectionDataset | None:
+        json_path, images = self.splits[split]
+        if json_path is None:
+            return None
+        json_path, images = self._path(json_path), self._path(images)
+        coco = load_coco(json_path, images, drop_invalid=self.drop_invalid)
+        self._set_categories(coco, json_path)
+        train = split == "train"
+        transform = DetectionTransform(self.image_size, train=train, scale_range=self.scale_range,
+                                       hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
+                                       std=self.std)
+        return COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
+                                    with_masks=self.with_masks, with_gt=split != "train")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and validate the jsons the stage needs (categories come from the training json first)."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
+        order = ["train", "val", "test", "predict"]
+        splits = wanted.get(stage, order) if stage else order
+        if not self.category_ids and "train" not in splits and self.splits["train"][0] is not None:
+            splits = ["train", *splits]  # category order is the training json's
+        for split in splits:
+            if split not in self.datasets:
+                dataset = self._dataset(split)
+                if dataset is not None:
+                    self.datasets[split] = dataset
+        for split in wanted.get(stage, []) if stage else []:
+            if split not in self.datasets:
+                raise ValueError(f"stage {stage!r} needs {split}_json and {split}_images (or val_json/val_images)")
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        dataset = self.datasets[split]
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > batch_size,
+                          num_workers=self.num_workers, collate_fn=collate_detection, worker_init_fn=seed_worker,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", False, self.eval_batch_size)

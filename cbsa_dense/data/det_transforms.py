@@ -1,0 +1,90 @@
+"""albumentations pipelines for detection: large-scale jitter (training), longest-side resize + pad (eval).
+
+Both normalize first and pad with zeros afterwards (ViTDet pads normalized images with 0), to a fixed
+``image_size`` square, so a global-attention encoder sees the same token layout in training and
+evaluation. Boxes are xyxy pixels (``pascal_voc``); instance masks follow their boxes through an index
+field (albumentations does not drop masks with filtered boxes; protocols.md). Reseed the pipeline per
+DataLoader worker with :func:`cbsa_dense.data.seeding.seed_worker`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DetectionTransform:
+    """Callable ``(image, boxes, labels, masks) -> dict`` over an albumentations pipeline.
+
+    Args:
+        image_size: side of the square the image is padded (and in training cropped) to.
+        train: large-scale jitter (resize the longest side to ``image_size * U(scale_range)``, random
+            ``image_size`` crop, horizontal flip) instead of the eval resize.
+        scale_range: jitter range of the training scale (ViTDet: 0.1 - 2.0).
+        hflip: probability of a horizontal flip in training.
+        min_box_size: boxes narrower or lower than this (pixels, after augmentation) are dropped.
+        mean: per-channel mean of [0, 1] pixels.
+        std: per-channel std of [0, 1] pixels.
+
+    Returns (call): ``image`` (3, S, S) float32, ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64,
+    ``masks`` list of (S, S) uint8, ``scale`` (y, x) input pixels per original pixel (eval; the resize
+    rounds each side, so the two differ slightly; training returns (1, 1)) and ``image_size`` (h, w) of the unpadded content.
+    """
+
+    def __init__(self, image_size: int, train: bool, scale_range: tuple[float, float] = (0.1, 2.0),
+                 hflip: float = 0.5, min_box_size: float = 1.0, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.image_size = int(image_size)
+        self.train = train
+        geometry: list = [A.LongestMaxSize(max_size=self.image_size)]
+        if train:
+            geometry += [A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
+                         A.PadIfNeeded(self.image_size, self.image_size, position="top_left", fill=0, fill_mask=0),
+                         A.RandomCrop(self.image_size, self.image_size),
+                         A.HorizontalFlip(p=hflip)]
+        self.pipeline = A.Compose(
+            [A.Normalize(mean=tuple(mean), std=tuple(std)), *geometry],
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "indices"], clip=True,
+                                     filter_invalid_bboxes=True, min_width=min_box_size, min_height=min_box_size))
+
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed the albumentations pipeline (used by :func:`cbsa_dense.data.seeding.seed_worker`)."""
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> dict:
+        h, w = image.shape[:2]
+        args = {"image": image, "bboxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                "labels": np.asarray(labels, dtype=np.int64), "indices": np.arange(len(boxes), dtype=np.int64)}
+        if masks:
+            args["masks"] = list(masks)
+        out = self.pipeline(**args)
+        img = out["image"]
+        content = img.shape[:2]
+        size = self.image_size
+        padded = np.zeros((size, size, img.shape[2]), dtype=np.float32)
+        padded[:min(content[0], size), :min(content[1], size)] = img[:size, :size]
+        keep = np.asarray(out["indices"], dtype=np.int64)
+        kept_masks = []
+        if masks:
+            for i in keep:
+                m = np.zeros((size, size), dtype=np.uint8)
+                src = np.asarray(out["masks"][i])
+                m[:min(src.shape[0], size), :min(src.shape[1], size)] = src[:size, :size]
+                kept_masks.append(m)
+        return {
+            "image": torch.from_numpy(padded).permute(2, 0, 1).contiguous(),
+            "boxes": np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(out["labels"], dtype=np.int64).reshape(-1),
+            "masks": kept_masks,
+            "scale": (1.0, 1.0) if self.train else (content[0] / h, content[1] / w),
+            "image_size": (size, size) if self.train else (min(content[0], size), min(content[1], size)),
+        }

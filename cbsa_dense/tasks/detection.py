@@ -1,0 +1,217 @@
+"""Object detection (and instance segmentation) task: torchvision losses, COCO mAP, COCO results json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from pycocotools import mask as mask_utils
+from torch import Tensor, nn
+
+from cbsa_dense.metrics.coco_map import COCOMeanAveragePrecision
+from cbsa_dense.models.detector import Detector, HeadFactory, NeckFactory
+from cbsa_dense.tasks.base import BaseTask
+
+#: Logged names of the COCO numbers (torchmetrics key -> our suffix).
+_LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "map_s", "map_medium": "map_m",
+           "map_large": "map_l", "mar_100": "mar_100"}
+
+
+class DetectionTask(BaseTask):
+    """Train and evaluate a :class:`~cbsa_dense.models.detector.Detector` (ViTDet recipe by default).
+
+    Batches come from :class:`~cbsa_dense.data.coco_datamodule.COCODetectionDataModule`. COCO mAP is
+    :class:`~cbsa_dense.metrics.coco_map.COCOMeanAveragePrecision` (equal to pycocotools), updated per
+    step and computed once per epoch in original image pixels with the json's crowd flags and areas;
+    logged as ``{val,test}_map``, ``_map_50``, ``_map_75``, ``_map_s/m/l``, ``_mar_100`` (boxes) and
+    ``{val,test}_segm_map...`` (masks, with a mask head). ``test`` also logs and prints per-class AP;
+    ``test`` and ``predict`` write a COCO results json (original image and category ids, xywh boxes,
+    RLE masks) that pycocotools loads directly.
+
+    Args:
+        encoder: image encoder with ``out_channels``/``out_strides`` (e.g. a CBSA ``ViTEncoder``).
+        neck: factory ``(in_channels, in_stride) -> pyramid`` (``SimpleFeaturePyramid``).
+        head: factory ``(in_channels, strides, num_classes) -> head`` (``FCOSHead``, ``RetinaNetHead``,
+            ``FasterRCNNHead``, ``MaskRCNNHead``).
+        num_classes: object categories; must equal the datamodule's.
+        mask_threshold: probability above which a predicted mask pixel is foreground.
+        results_dir: where ``test_results.json`` / ``predictions.json`` go (default: the trainer's log dir).
+        optimizer: see :class:`BaseTask`; default AdamW lr 1e-4, weight decay 0.1 (ViTDet).
+        lr_scheduler: see :class:`BaseTask`; default 250 warm-up iterations, then x0.1 at 89% and 96%.
+        weight_decay: see :class:`BaseTask`.
+        layer_decay: layer-wise lr decay over encoder blocks (ViTDet: 0.7 for ViT-B).
+        freeze: see :class:`BaseTask`.
+    """
+
+    def __init__(self, encoder: nn.Module, neck: NeckFactory, head: HeadFactory, num_classes: int,
+                 mask_threshold: float = 0.5, results_dir: str | None = None,
+                 optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
+                 weight_decay: float | None = None, layer_decay: float | None = 0.7,
+                 freeze: list[str] | None = None) -> None:
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
+                         layer_decay=layer_decay, freeze=freeze)
+        self.save_hyperparameters()
+        self.model = Detector(encoder, neck, head, num_classes)
+        self.num_classes = num_classes
+        self.mask_threshold = mask_threshold
+        self.results_dir = results_dir
+        self.iou_types = ("bbox", "segm") if self.model.with_masks else ("bbox",)
+        self.val_map = COCOMeanAveragePrecision(self.iou_types)
+        self.test_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True)
+        self.category_ids: list[int] = list(range(num_classes))
+        self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        self._results: list[dict] = []
+        self.apply_freeze()
+
+    # ----------------------------------------------------------------------------------------- setup
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
+
+    def default_scheduler(self, optimizer: torch.optim.Optimizer):
+        from cbsa_dense.tasks.schedulers import WarmupStepLR
+
+        return WarmupStepLR(optimizer, milestones=(0.89, 0.96), gamma=0.1, warmup_iters=250)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        ids = list(getattr(datamodule, "category_ids", []) or [])
+        if ids:
+            if len(ids) != self.num_classes:
+                raise ValueError(f"model num_classes={self.num_classes} but the data has {len(ids)} categories "
+                                 f"(ids {ids[:10]}{'...' if len(ids) > 10 else ''}); set model num_classes to "
+                                 f"{len(ids)}")
+            self.category_ids = ids
+            self.class_names = list(getattr(datamodule, "class_names", [])) or [str(i) for i in ids]
+        if self.model.with_masks and datamodule is not None and not getattr(datamodule, "with_masks", True):
+            raise ValueError(f"{type(self.model.head).__name__} predicts masks: set data with_masks: true")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["category_ids"] = self.category_ids
+        checkpoint["class_names"] = self.class_names
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.category_ids = list(checkpoint.get("category_ids", self.category_ids))
+        self.class_names = list(checkpoint.get("class_names", self.class_names))
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, images: Tensor, image_sizes, targets=None):
+        """See :meth:`Detector.forward`."""
+        return self.model(images, image_sizes, targets)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        targets = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
+        if self.model.with_masks:
+            for target, masks in zip(targets, batch["masks"]):
+                target["masks"] = masks
+        losses = self.model(batch["image"], batch["image_size"], targets)
+        loss = sum(losses.values())
+        size = len(targets)
+        self.log("train_loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train_{k}": v for k, v in losses.items()}, batch_size=size)
+        return loss
+
+    def predict_batch(self, batch: dict) -> list[dict[str, Tensor]]:
+        """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``)."""
+        detections = self.model(batch["image"], batch["image_size"])
+        return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
+
+    def _update(self, metric: COCOMeanAveragePrecision, batch: dict, preds: list[dict]) -> None:
+        targets = []
+        for gt in batch["gt"]:
+            target = {k: gt[k] for k in ("boxes", "labels", "iscrowd", "area")}
+            if "segm" in self.iou_types:
+                target["masks"] = gt["masks"]
+            targets.append(target)
+        metric.update([{k: v for k, v in p.items() if k != "masks" or "segm" in self.iou_types} for p in preds],
+                      targets)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._update(self.val_map, batch, self.predict_batch(batch))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        preds = self.predict_batch(batch)
+        self._update(self.test_map, batch, preds)
+        self._results.extend(self.to_coco_results(preds, batch["image_id"]))
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        results = self.to_coco_results(self.predict_batch(batch), batch["image_id"])
+        self._results.extend(results)
+        return results
+
+    # ------------------------------------------------------------------------------------ epoch ends
+    def _log_map(self, metric: COCOMeanAveragePrecision, prefix: str) -> dict:
+        result = metric.compute()
+        metric.reset()
+        logged = {}
+        for iou_type in self.iou_types:
+            src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
+            dst = f"{prefix}_" if iou_type == "bbox" else f"{prefix}_segm_"
+            logged.update({dst + ours: float(result[src + theirs]) for theirs, ours in _LOGGED.items()})
+        headline = {f"{prefix}_map", f"{prefix}_map_50"}
+        self.log_dict({k: v for k, v in logged.items() if k in headline}, prog_bar=True)
+        self.log_dict({k: v for k, v in logged.items() if k not in headline})
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._results = []
+
+    def on_predict_epoch_start(self) -> None:
+        self._results = []
+
+    def on_test_epoch_end(self) -> None:
+        result = self._log_map(self.test_map, "test")
+        for iou_type in self.iou_types:
+            src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
+            classes = result.get(f"{src}classes", torch.zeros(0)).reshape(-1).tolist()
+            aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
+            ars = result.get(f"{src}mar_100_per_class", torch.zeros(0)).reshape(-1).tolist()
+            rows = []
+            for label, ap, ar in zip(classes, aps, ars):
+                name = self.class_names[int(label)] if 0 <= int(label) < len(self.class_names) else str(label)
+                rows.append(f"{name:<24} {ap:>7.4f} {ar:>7.4f}")
+                if ap >= 0:
+                    self.log(f"test_{'segm_' if iou_type == 'segm' else ''}map_{name}", ap)
+            rank_zero_info(f"per-class {iou_type} AP\n{'class':<24} {'AP':>7} {'AR100':>7}\n" + "\n".join(rows))
+        self._write_results("test_results.json")
+
+    def on_predict_epoch_end(self) -> None:
+        self._write_results("predictions.json")
+
+    # --------------------------------------------------------------------------------------- results
+    def to_coco_results(self, preds: list[dict[str, Tensor]], image_ids) -> list[dict]:
+        """COCO results entries (json category ids, xywh boxes, RLE masks) of one batch of predictions."""
+        results = []
+        for pred, image_id in zip(preds, image_ids):
+            boxes = pred["boxes"].detach().cpu().double()
+            boxes[:, 2:] -= boxes[:, :2]
+            masks = pred.get("masks")
+            if masks is not None:
+                rles = mask_utils.encode(np.asfortranarray(masks.detach().cpu().numpy().transpose(1, 2, 0)
+                                                           .astype(np.uint8))) if len(masks) else []
+            for i, (box, score, label) in enumerate(zip(boxes.tolist(), pred["scores"].tolist(),
+                                                        pred["labels"].tolist())):
+                entry = {"image_id": int(image_id), "category_id": int(self.category_ids[int(label)]),
+                         "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)}
+                if masks is not None:
+                    entry["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
+                results.append(entry)
+        return results
+
+    def _write_results(self, name: str) -> None:
+        if self._trainer is None or not self.trainer.is_global_zero:
+            return
+        if self.trainer.world_size > 1:
+            rank_zero_warn("results json holds rank 0's share of the images only (multi-process run)")
+        folder = Path(self.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        path.write_text(json.dumps(self._results))
+        rank_zero_info(f"wrote {len(self._results)} detections to {path}")
+
