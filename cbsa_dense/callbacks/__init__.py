@@ -1,6 +1,7 @@
 """Lightning callbacks of the project."""
 
 from cbsa_dense.callbacks.compile import CompileEncoder
+from cbsa_dense.callbacks.explain import ExplainCallback
 from cbsa_dense.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 
-__all__ = ["CompileEncoder", "FiniteLossCheck", "NonFiniteLossError"]
+__all__ = ["CompileEncoder", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError"]

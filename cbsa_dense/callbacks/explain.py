@@ -1,0 +1,78 @@
+"""Log CBSA explanation pictures of a few validation images every N epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class ExplainCallback(Callback):
+    """Every ``every_n_epochs`` validation epochs, explain the first ``num_images`` validation images.
+
+    Writes ``<log_dir>/explain/epoch{E:03d}/val{i}_layer{L}_head{h}.png`` (the picture of
+    ``cbsa-dense explain``) and, with a TensorBoard logger, also adds them as images.
+
+    Args:
+        every_n_epochs: period in epochs.
+        num_images: images of the first validation batch to explain.
+        layers: CBSA layer indices (forward order, negative from the end).
+        heads: heads to draw.
+    """
+
+    def __init__(self, every_n_epochs: int = 5, num_images: int = 2, layers: list[int] | None = None,
+                 heads: list[int] | None = None) -> None:
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError(f"every_n_epochs and num_images must be >= 1, got {every_n_epochs}, {num_images}")
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.layers = list(layers or [-1])
+        self.heads = list(heads or [0])
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        if trainer.global_rank != 0:
+            return
+        self.explain_batch(trainer, pl_module, batch)
+
+    def explain_batch(self, trainer: Trainer, pl_module: LightningModule, batch: dict) -> list[Path]:
+        from cbsa_dense.interpret.capture import capture_extractions
+        from cbsa_dense.interpret.forward import forward_any
+        from cbsa_dense.interpret.render import save_explanation
+
+        images = batch["image"]
+        images = images[: self.num_images] if isinstance(images, torch.Tensor) else images[: self.num_images]
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "explain" / f"epoch{trainer.current_epoch:03d}"
+        written = []
+        for i, image in enumerate(images):
+            x = image[None].to(pl_module.device)
+            with torch.no_grad(), capture_extractions(pl_module.model, self.layers) as records:
+                forward_any(pl_module.model, x)
+            picture = _display(image, getattr(trainer.datamodule, "mean", None), getattr(trainer.datamodule, "std", None))
+            for layer, record in zip(self.layers, records):
+                for head in self.heads:
+                    path = out_dir / f"val{i}_layer{layer}_head{head}.png"
+                    written.append(save_explanation(path, picture, record, 0, head))
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            from PIL import Image
+
+            for path in written:
+                experiment.add_image(f"explain/{path.stem}", np.asarray(Image.open(path).convert("RGB")),
+                                     global_step=trainer.global_step, dataformats="HWC")
+        return written
+
+
+def _display(image: torch.Tensor, mean, std) -> np.ndarray:
+    """Normalized (3, H, W) tensor -> (H, W, 3) uint8 (min-max scaled when mean/std are unknown)."""
+    x = image.detach().float().cpu()
+    if mean is not None and std is not None:
+        scale = 255.0 if max(max(mean), max(std)) > 1.0 else 1.0
+        x = x * torch.tensor(std).view(3, 1, 1) / scale + torch.tensor(mean).view(3, 1, 1) / scale
+    else:
+        x = (x - x.min()) / (x.max() - x.min() + 1e-6)
+    return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
