@@ -1,0 +1,123 @@
+"""Shared LightningDataModule of the semantic-segmentation datasets (ADE20K, folders, demo).
+
+Subclasses only say where the (image, mask) pairs of each split are (:meth:`split_samples`); this class
+builds the mmseg pipelines, validates the labels, and serves the loaders. Validation and test samples
+carry their mask at the ORIGINAL size: the task resizes its logits back before scoring.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from cbsa_dense.data.seeding import seed_worker
+from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
+from cbsa_dense.data.seg_labels import IGNORE_INDEX, default_palette
+from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, SegEvalTransform, SegTrainTransform
+
+
+class SegDataModule(LightningDataModule):
+    """Base datamodule; see the subclasses for the arguments that locate the data.
+
+    Args:
+        num_classes: number of classes (after ``reduce_zero_label``), at most 255.
+        class_names: one name per class (``None``: "class_0", ...).
+        palette: (C, 3) display colours for overlays (``None``: generated).
+        reduce_zero_label: annotation 0 means "unlabelled" and class k is stored as k + 1.
+        ignore_index: the annotations' ignore value (mapped to 255 internally).
+        batch_size: training batch size (per device).
+        val_batch_size: evaluation batch size (images of different sizes are handled one by one).
+        num_workers: DataLoader workers (each reseeds its augmentation RNG).
+        crop_size: (height, width) of training crops.
+        scale: (long, short) base scale of the training ratio-range resize.
+        ratio_range: random factor range of ``scale``.
+        cat_max_ratio: max fraction of a single class in a training crop.
+        photometric: photometric distortion in training.
+        eval_scale: (long, short) keep-ratio resize of evaluation images; ``None`` keeps their size.
+        mean: normalization mean (images in [0, 1]).
+        std: normalization std (images in [0, 1]).
+        validate_labels: read every mask of the used splits at setup and fail on values outside the
+            classes (masks are also checked each time they are loaded).
+        predict_images: folder of images to predict on; ``None`` predicts on the validation split.
+    """
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None,
+                 palette: list[list[int]] | None = None, reduce_zero_label: bool = False,
+                 ignore_index: int = IGNORE_INDEX, batch_size: int = 8, val_batch_size: int = 1,
+                 num_workers: int = 4, crop_size: tuple[int, int] = (512, 512),
+                 scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
+                 cat_max_ratio: float = 0.75, photometric: bool = True,
+                 eval_scale: tuple[int, int] | None = (2048, 512),
+                 mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
+                 validate_labels: bool = True, predict_images: str | None = None) -> None:
+        super().__init__()
+        if not 1 <= num_classes <= 255:
+            raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names given for num_classes={num_classes}")
+        self.palette = np.asarray(palette, dtype=np.uint8) if palette is not None else default_palette(num_classes)
+        if self.palette.shape != (num_classes, 3):
+            raise ValueError(f"palette must be {num_classes} RGB triplets, got shape {self.palette.shape}")
+        self.reduce_zero_label = reduce_zero_label
+        self.ignore_index = ignore_index
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.train_transform = SegTrainTransform(crop_size, scale, ratio_range, cat_max_ratio,
+                                                 photometric=photometric, mean=mean, std=std)
+        self.eval_transform = SegEvalTransform(eval_scale, mean=mean, std=std)
+        self.validate_labels = validate_labels
+        self.predict_images = predict_images
+        self.mask_palette: np.ndarray | None = None
+        self.datasets: dict[str, SegDataset] = {}
+
+    def split_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """(image, mask) pairs of ``split`` in {"train", "val", "test"}; implemented by subclasses."""
+        raise NotImplementedError
+
+    def make_dataset(self, split: str) -> SegDataset:
+        if split == "predict" and self.predict_images is not None:
+            samples = [(p, None) for p in list_images(Path(self.predict_images))]
+        else:
+            samples = self.split_samples("val" if split == "predict" else split)
+        transform = self.train_transform if split == "train" else self.eval_transform
+        dataset = SegDataset(samples, transform, self.num_classes, self.reduce_zero_label, self.ignore_index,
+                             self.mask_palette)
+        if self.validate_labels and split != "predict":
+            masks = [m for _, m in samples if m is not None]
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(dataset.load_mask, masks))
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"],
+                  None: ["train", "val"]}[stage]
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self.make_dataset(split)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            self.datasets[split] = self.make_dataset(split)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.val_batch_size,
+                          shuffle=train, drop_last=train and len(self.datasets[split]) > self.batch_size,
+                          num_workers=self.num_workers, collate_fn=seg_collate, worker_init_fn=seed_worker,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

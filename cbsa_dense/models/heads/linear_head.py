@@ -1,0 +1,32 @@
+"""Linear segmentation head: a 1x1 convolution over one encoder level (Segmenter's linear decoder)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cbsa_dense.models.heads.seg_head_base import SegHead
+
+
+class LinearHead(SegHead):
+    """Per-pixel linear classifier over one encoder level.
+
+    Args:
+        in_channels: encoder channels at ``in_index``.
+        num_classes: number of classes.
+        dropout: dropout before the classifier.
+        in_index: which encoder output to classify.
+
+    Shapes: features[in_index] (B, in_channels, h, w) -> logits (B, num_classes, h, w).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, in_index: int = -1) -> None:
+        super().__init__()
+        self._set_inputs(in_channels, in_index, num_classes)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        nn.init.trunc_normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.dropout(features[self.in_index[0]]))

@@ -1,0 +1,212 @@
+"""SegmentationTask: training, exact mIoU evaluation and prediction of an injected segmentation model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+from torch import nn
+
+from cbsa_dense.data.seg_labels import (
+    IGNORE_INDEX,
+    default_palette,
+    overlay,
+    read_image,
+    to_annotation,
+    write_label_png,
+)
+from cbsa_dense.metrics.miou import SegmentationMetrics
+from cbsa_dense.tasks.base import BaseTask
+from cbsa_dense.tasks.sliding_window import SlidingWindowInference
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationTask(BaseTask):
+    """Semantic segmentation (LightningModule).
+
+    Training: cross-entropy (ignore 255) on logits upsampled to the crop. Validation / test: each image
+    goes through ``inference`` (whole or sliding window, optional multi-scale + flip); its scores are
+    resized to the ORIGINAL annotation size and accumulated in a dataset-level confusion matrix; mIoU,
+    aAcc and mAcc (MMSegmentation's definitions, fractions) are logged once per epoch as ``val_miou``,
+    ``val_aacc``, ``val_macc`` (``test_*`` in test, plus a per-class IoU table printed and saved as
+    ``test_per_class_iou.json`` in the log dir). Predict writes label PNGs at the original image size in
+    the dataset's annotation convention (``k + 1`` for ``reduce_zero_label`` data) to
+    ``<predict_dir>/labels`` and colour overlays to ``<predict_dir>/overlays``.
+
+    Args:
+        model: the segmentation model, e.g. :class:`~cbsa_dense.models.segmentor.Segmentor`;
+            ``model(images (B, 3, H, W)) -> logits (B, C, H, W)``, with a ``num_classes`` attribute.
+        inference: evaluation inference; ``None`` = whole image, single scale.
+        pretrained: weights-only initialization from a file: a Segmenter-format checkpoint of the
+            paper's authors (converted), a Lightning checkpoint of this task, or a plain state dict of
+            ``model``; missing / unexpected keys are logged.
+        predict_dir: output folder of ``predict``; ``None`` = ``<log dir>/predictions``.
+        overlay_alpha: opacity of the class colours in the overlays.
+        optimizer: default (``None``): the paper's SGD, momentum 0.9, lr 1e-3, weight decay 0.
+        lr_scheduler: default (``None``): polynomial decay, power 0.9, per iteration.
+        weight_decay: see :class:`~cbsa_dense.tasks.base.BaseTask`.
+        layer_decay: see :class:`~cbsa_dense.tasks.base.BaseTask`.
+        freeze: see :class:`~cbsa_dense.tasks.base.BaseTask`.
+    """
+
+    def __init__(self, model: nn.Module, inference: SlidingWindowInference | None = None,
+                 pretrained: str | None = None, predict_dir: str | None = None, overlay_alpha: float = 0.5,
+                 optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
+                 weight_decay: float | None = None, layer_decay: float | None = None,
+                 freeze: list[str] | None = None) -> None:
+        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze)
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) and not _under_cli() else None)
+        self.model = model
+        self.num_classes = int(model.num_classes)
+        self.inference = inference or SlidingWindowInference()
+        self.predict_dir = predict_dir
+        self.overlay_alpha = overlay_alpha
+        self.val_metrics = SegmentationMetrics(self.num_classes)
+        self.test_metrics = SegmentationMetrics(self.num_classes)
+        if pretrained:
+            self.load_pretrained(pretrained)
+        self.apply_freeze()
+
+    def load_pretrained(self, path: str):
+        """Weights-only initialization of ``model`` from ``path`` (see ``pretrained``); returns the report."""
+        from cbsa_dense.models.checkpoint import load_matching, read_state_dict
+        from cbsa_dense.models.official import convert_segmenter_state_dict, is_segmenter_state_dict
+
+        state_dict = read_state_dict(path)
+        if is_segmenter_state_dict(state_dict):
+            state_dict = convert_segmenter_state_dict(state_dict)
+        elif any(k.startswith("model.") for k in state_dict):
+            state_dict = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+        return load_matching(self.model, state_dict, source=str(path))
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        """The paper's recipe (Segmenter's): SGD, momentum 0.9, lr 1e-3, no weight decay."""
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=0.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(f"the data has num_classes={data_classes} but the model predicts "
+                             f"{self.num_classes} classes (head num_classes)")
+
+    # ----------------------------------------------------------------------------------------- train
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        logits = self.model(images)
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        self.log("train_loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------------------------------ eval
+    def predict_scores(self, batch: dict) -> list[torch.Tensor]:
+        """Per image: class scores (C, H0, W0) at the original size ``orig_size``."""
+        images = batch["image"]
+        sizes = batch["orig_size"]
+        if isinstance(images, torch.Tensor) and len({tuple(s) for s in sizes}) == 1:
+            scores = self.inference(self.model, images, self.num_classes, out_size=tuple(sizes[0]))
+            return list(scores)
+        return [self.inference(self.model, image[None], self.num_classes, out_size=tuple(size))[0]
+                for image, size in zip(images, sizes)]
+
+    def _eval_step(self, batch: dict, metrics: SegmentationMetrics) -> None:
+        for scores, mask in zip(self.predict_scores(batch), batch["mask"]):
+            metrics.update(scores.argmax(dim=0), mask)
+
+    def _log_scores(self, metrics: SegmentationMetrics, prefix: str) -> dict:
+        scores = metrics.compute()
+        for key in ("miou", "aacc", "macc"):
+            self.log(f"{prefix}_{key}", scores[key].float(), prog_bar=key == "miou", sync_dist=False)
+        metrics.reset()
+        return scores
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores(self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        scores = self._log_scores(self.test_metrics, "test")
+        self._report_per_class(scores)
+
+    @rank_zero_only
+    def _report_per_class(self, scores: dict) -> None:
+        names = self._datamodule_attr("class_names", [f"class_{i}" for i in range(self.num_classes)])
+        rows = [{"class": name, "iou": _nan_to_none(iou), "acc": _nan_to_none(acc)}
+                for name, iou, acc in zip(names, scores["iou"].tolist(), scores["acc"].tolist())]
+        report = {"mIoU": _nan_to_none(scores["miou"].item()), "aAcc": _nan_to_none(scores["aacc"].item()),
+                  "mAcc": _nan_to_none(scores["macc"].item()), "per_class": rows}
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "test_per_class_iou.json").write_text(json.dumps(report, indent=1))
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"per-class IoU (saved to {out_dir / 'test_per_class_iou.json'})")
+        for col in ("class", "IoU %", "Acc %"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for row in rows:
+            table.add_row(row["class"], *("-" if v is None else f"{100 * v:.2f}" for v in (row["iou"], row["acc"])))
+        Console().print(table)
+
+    # --------------------------------------------------------------------------------------- predict
+    def _datamodule_attr(self, name: str, default=None):
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        value = getattr(datamodule, name, None)
+        return default if value is None else value
+
+    def output_dir(self) -> Path:
+        if self.predict_dir is not None:
+            return Path(self.predict_dir)
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions"
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[str]:
+        out_dir = self.output_dir()
+        palette = self._datamodule_attr("palette", default_palette(self.num_classes))
+        mask_palette = self._datamodule_attr("mask_palette")
+        reduce_zero = bool(self._datamodule_attr("reduce_zero_label", False))
+        written = []
+        for scores, path in zip(self.predict_scores(batch), batch["path"]):
+            pred = scores.argmax(dim=0).cpu().numpy()
+            stem = Path(path).stem
+            label_path = out_dir / "labels" / f"{stem}.png"
+            if mask_palette is not None:
+                label_path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.asarray(mask_palette, dtype=np.uint8)[pred]).save(label_path)
+            else:
+                values = to_annotation(pred, reduce_zero)
+                png_palette = np.concatenate([np.zeros((1, 3), np.uint8), palette]) if reduce_zero else palette
+                write_label_png(label_path, values, png_palette)
+            overlay_path = out_dir / "overlays" / f"{stem}.png"
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(overlay(read_image(path), pred, palette, self.overlay_alpha)).save(overlay_path)
+            written.append(str(label_path))
+        return written
+
+
+def _under_cli() -> bool:
+    """True while LightningCLI instantiates the module (it then stores the config, not the objects)."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value != value else float(value)
