@@ -64,6 +64,8 @@ class Detector(nn.Module):
             Loss dict (training), or per image ``boxes`` (N, 4), ``scores`` (N,), ``labels`` (N,) and for
             mask heads ``masks`` (N, 1, 28, 28) box-relative probabilities.
         """
+        if self.training and targets is None:
+            raise ValueError(f"{type(self.head).__name__} needs targets in training mode (or call .eval())")
         h, w = images.shape[-2:]
         div = self.size_divisible
         pad_h, pad_w = (-h) % div, (-w) % div

@@ -90,12 +90,14 @@ class DetectionTask(BaseTask):
             raise ValueError(f"{type(self.model.head).__name__} predicts masks: set data with_masks: true")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["category_ids"] = self.category_ids
-        checkpoint["class_names"] = self.class_names
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["data_info"].setdefault("category_ids", list(self.category_ids))
+        checkpoint["data_info"].setdefault("class_names", list(self.class_names))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.category_ids = list(checkpoint.get("category_ids", self.category_ids))
-        self.class_names = list(checkpoint.get("class_names", self.class_names))
+        super().on_load_checkpoint(checkpoint)
+        self.category_ids = list(self.data_info.get("category_ids", self.category_ids))
+        self.class_names = list(self.data_info.get("class_names", self.class_names))
 
     # ----------------------------------------------------------------------------------------- steps
     def forward(self, images: Tensor, image_sizes, targets=None):
