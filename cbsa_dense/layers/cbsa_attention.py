@@ -7,8 +7,109 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from cbsa_dense.layers.tokens import check_layout, resolve_head_dim
+
+
+def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax precision: at least float32 (bf16/fp16 logits are upcast), float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, D) -> (B*h, N, p) for batched GEMMs over the tokens.
+
+    With B = 1 the head-strided view is already a valid batched-GEMM operand (leading dimension = the
+    row stride), so nothing is copied; with B > 1 batch and head strides cannot be folded into one, so
+    the view is made contiguous once (instead of once per matmul).
+    """
+    b, n, d = t.shape
+    heads = t.view(b, n, num_heads, d // num_heads).transpose(1, 2)
+    return heads.flatten(0, 1) if b == 1 else heads.reshape(b * num_heads, n, d // num_heads)
+
+
+def _merge_heads(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B*h, N, p) -> (B, N, h*p): one copy that moves whole p-wide rows."""
+    bh, n, p = t.shape
+    return t.view(batch, bh // batch, n, p).transpose(1, 2).reshape(batch, n, bh // batch * p)
+
+
+class _Extraction(torch.autograd.Function):
+    """``A = softmax_N(r k^T)`` (B, h, m, N) and ``G = A v`` (B, h, m, p), per head.
+
+    Inputs: ``r`` (B, h, m, p) (scale already applied), ``k`` and ``v`` (B, N, D) in token-major layout
+    (``v=None``: values are the keys, the shared variant). The softmax runs in float32; the matmuls in ``k``'s dtype.
+
+    Why a Function: autograd's backward of ``r @ k_h^T`` returns the key gradient in (p, N) layout, which
+    then has to be added to and merged with (N, p)-layout gradients through element-wise transposing
+    copies of (B, h, N, p) tensors. Here every gradient is produced by a GEMM directly in the layout it
+    is consumed in, the two key/value gradient GEMMs accumulate into one buffer (shared variant), and the
+    head merge is a single row copy.
+    """
+
+    @staticmethod
+    def forward(ctx, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
+                num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, m, p = r.shape[0], r.shape[2], r.shape[3]
+        dtype = k.dtype
+        kh = _heads(k, num_heads)                                                    # (B*h, N, p)
+        shared = v is None
+        vh = kh if shared else _heads(v, num_heads)
+        r3 = r.to(dtype).reshape(b * num_heads, m, p)
+        logits = torch.bmm(r3, kh.transpose(1, 2))                                   # (B*h, m, N)
+        extraction = logits.to(_softmax_dtype(dtype)).softmax(dim=-1).to(dtype)
+        gathered = torch.bmm(extraction, vh)                                         # (B*h, m, p)
+        ctx.save_for_backward(r3, kh, vh, extraction)
+        ctx.shared, ctx.batch, ctx.r_dtype = shared, b, r.dtype
+        return extraction.view(b, num_heads, m, -1), gathered.view(b, num_heads, m, p)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_extraction: torch.Tensor, d_gathered: torch.Tensor):
+        r3, kh, vh, extraction = ctx.saved_tensors
+        dtype = extraction.dtype
+        d_ext = d_extraction.to(dtype).reshape(extraction.shape)
+        d_gat = d_gathered.to(dtype).reshape(r3.shape)
+        d_ext = torch.baddbmm(d_ext, d_gat, vh.transpose(1, 2))                     # + dG v^T
+        acc = _softmax_dtype(dtype)
+        d_logits = torch.ops.aten._softmax_backward_data(d_ext.to(acc), extraction.to(acc), -1,
+                                                         acc).to(dtype)             # (B*h, m, N)
+        d_r = torch.bmm(d_logits, kh).view(ctx.batch, -1, *r3.shape[1:]).to(ctx.r_dtype)
+        d_vh = torch.bmm(extraction.transpose(1, 2), d_gat)                          # (B*h, N, p)
+        if ctx.shared:
+            d_kv = d_vh.baddbmm_(d_logits.transpose(1, 2), r3)
+            return d_r, _merge_heads(d_kv, ctx.batch), None, None
+        d_kh = torch.bmm(d_logits.transpose(1, 2), r3)
+        return d_r, _merge_heads(d_kh, ctx.batch), _merge_heads(d_vh, ctx.batch), None
+
+
+class _BroadcastProject(torch.autograd.Function):
+    """``out = A_flat^T right + bias`` (B, N, dim) from A (B, h, m, N) and right (B, h*m, dim).
+
+    The backward computes ``dA = right dout^T`` directly in A's (h*m, N) layout (autograd's bmm backward
+    would return it transposed, forcing a transposing copy of an (N, h*m) tensor).
+    """
+
+    @staticmethod
+    def forward(ctx, extraction: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        left = extraction.flatten(1, 2).transpose(1, 2)                              # (B, N, h*m) view
+        right = right.to(extraction.dtype)
+        ctx.save_for_backward(extraction, right)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if bias is None:
+            return torch.bmm(left, right)
+        return torch.baddbmm(bias.to(right.dtype), left, right)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out: torch.Tensor):
+        extraction, right = ctx.saved_tensors
+        d_out = d_out.to(right.dtype)
+        d_ext = torch.bmm(right, d_out.transpose(1, 2)).view(extraction.shape)       # (B, h*m, N)
+        d_right = torch.bmm(extraction.flatten(1, 2), d_out)                         # (B, h*m, dim)
+        d_bias = None if ctx.bias_dtype is None else d_out.sum(dim=(0, 1)).to(ctx.bias_dtype)
+        return d_ext, d_right, d_bias
 
 
 class CBSAAttention(nn.Module):
@@ -115,13 +216,24 @@ class CBSAAttention(nn.Module):
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _pool(self, q: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-        """Representatives R0 (B, h, m, p): adaptive average pool of the patch tokens' queries."""
+        """Representatives R0 (B, h, m, p): adaptive average pool of the patch tokens' queries.
+
+        When the pooling grid divides the patch grid the bins are disjoint tiles and the pool is two
+        sums over reshaped views (contiguous inner reductions, no copy); otherwise ``adaptive_avg_pool2d``
+        (overlapping bins) on a channels-last view.
+        """
         b, _, d = q.shape
         h, w = grid
+        gh, gw = self.grid
         start = 0 if self.legacy_shifted_grid else num_prefix_tokens
-        patches = q[:, start:start + h * w].reshape(b, h, w, d).permute(0, 3, 1, 2)  # (B, D, H, W)
-        pooled = F.adaptive_avg_pool2d(patches, self.grid)                          # (B, D, gh, gw)
-        return pooled.flatten(2).view(b, self.num_heads, self.head_dim, -1).transpose(-2, -1)
+        patches = q[:, start:start + h * w]                                          # (B, H*W, D)
+        if h % gh == 0 and w % gw == 0:
+            rows = patches.unflatten(1, (gh, h // gh, w)).sum(dim=2)                # (B, gh, W, D)
+            pooled = rows.unflatten(2, (gw, w // gw)).sum(dim=3) / ((h // gh) * (w // gw))  # (B, gh, gw, D)
+        else:
+            image = patches.unflatten(1, (h, w)).permute(0, 3, 1, 2)                 # (B, D, H, W) view
+            pooled = F.adaptive_avg_pool2d(image, self.grid).permute(0, 2, 3, 1)     # (B, gh, gw, D)
+        return pooled.reshape(b, gh * gw, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> torch.Tensor:
         """Apply CBSA.
@@ -147,21 +259,37 @@ class CBSAAttention(nn.Module):
             q = k = v = projected
         else:
             q, k, v = projected.view(b, n, 3, self.inner_dim).unbind(2)
-        kh, vh = self._split_heads(k), self._split_heads(v)
         if self.grid is None:
+            kh, vh = self._split_heads(k), self._split_heads(v)
             out = self.step_x * F.scaled_dot_product_attention(kh, kh, vh, scale=self.scale)
             return self._merge(out), None
         reps0 = self._pool(q, grid, num_prefix_tokens)                              # (B, h, m, p)
-        logits = (reps0 @ kh.transpose(-2, -1)) * self.scale                         # (B, h, m, N)
-        extraction = logits.float().softmax(dim=-1).to(logits.dtype)                 # softmax over tokens
-        gathered = extraction @ vh                                                   # (B, h, m, p)
+        values = None if self.variant == "shared" else v                            # None: v is k
+        extraction, gathered = _Extraction.apply(reps0 * self.scale, k, values, self.num_heads)
         if self.broadcast == "query":
-            out = F.scaled_dot_product_attention(self._split_heads(q), reps0, gathered, scale=self.scale)
+            qh = self._split_heads(q)
+            out = F.scaled_dot_product_attention(qh, reps0.to(qh.dtype), gathered, scale=self.scale)
             return self._merge(out), extraction
         reps = reps0 + self.step_rep * gathered
         contracted = F.scaled_dot_product_attention(reps, reps, reps, scale=self.scale)  # (B, h, m, p)
-        out = self.step_x * (extraction.transpose(-2, -1) @ contracted)            # (B, h, N, p)
-        return self._merge(out), extraction
+        return self._broadcast(extraction, self.step_x * contracted), extraction
+
+    def _output_weight(self) -> torch.Tensor:
+        """The output projection as a (D, dim) matrix: ``proj.weight^T``, or ``qkv.weight`` when tied."""
+        return self.qkv.weight if self.proj is None else self.proj.weight.t()
+
+    def _broadcast(self, extraction: torch.Tensor, contracted: torch.Tensor) -> torch.Tensor:
+        """Broadcast fused with the output projection: ``proj(merge_heads(A^T C))`` (B, N, dim).
+
+        ``sum_k A_k^T C_k P_k = [A_1; ..; A_h]^T [C_1 P_1; ..; C_h P_h]`` with P_k the head's (p, dim)
+        slice of the output weight: the small (h*m, dim) right factor is formed first, then ONE GEMM over
+        the N tokens reads A (B, h*m, N) transposed in place. The (B, h, N, p) broadcast and its head
+        merge (a transpose copy) are never materialized, in the forward nor in the backward pass.
+        """
+        weight = self._output_weight().view(self.num_heads, self.head_dim, -1)       # (h, p, dim)
+        right = (contracted @ weight.to(contracted.dtype)).flatten(1, 2)            # (B, h*m, dim)
+        bias = None if self.proj is None else self.proj.bias
+        return self.proj_drop(_BroadcastProject.apply(extraction, right, bias))
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = out.shape
