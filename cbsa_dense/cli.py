@@ -10,9 +10,12 @@ only when used so that ``cbsa-dense score ...`` starts fast.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -35,6 +38,36 @@ class CBSADenseCLI(LightningCLI):
                          subclass_mode_data=True, **kwargs)
 
 
+def _model_from_checkpoint(argv: list[str]) -> list[str]:
+    """Evaluate a checkpoint without repeating the training config.
+
+    For ``validate``/``test``/``predict`` with ``--ckpt_path`` and no ``--model`` (nor a ``--config``
+    that sets one), add ``--model`` with the task config stored in the checkpoint (LightningCLI saves
+    it as hyper-parameters). Only the data config is still needed.
+    """
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv
+    if any(a == "--model" or a.startswith(("--model=", "--model.")) for a in argv):
+        return argv
+    values = dict(zip(argv, argv[1:]))
+    values.update(a.split("=", 1) for a in argv if a.startswith(("--ckpt_path=", "--config=", "-c=")))
+    ckpt = values.get("--ckpt_path")
+    for flag in ("--config", "-c"):
+        config = values.get(flag)
+        if config and Path(config).is_file() and "model" in (yaml.safe_load(Path(config).read_text()) or {}):
+            return argv
+    if not ckpt or not Path(ckpt).is_file():
+        return argv
+    import torch
+
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        return argv
+    init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    return [argv[0], "--model", json.dumps({"class_path": class_path, "init_args": init_args}), *argv[1:]]
+
+
 def _print_extra_help() -> None:
     lines = ["", "Other subcommands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
@@ -43,17 +76,22 @@ def _print_extra_help() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cbsa-dense`` console script."""
+    from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
+    argv = _model_from_checkpoint(argv)
+    if from_console:                      # LightningCLI warns when both sys.argv and args are given
+        sys.argv[1:] = argv
+    args = None if from_console else argv
     if argv and argv[0] in ("-h", "--help"):
         try:
-            CBSADenseCLI(args=argv)
+            CBSADenseCLI(args=args)
         except SystemExit:
             _print_extra_help()
             raise
-    CBSADenseCLI(args=argv)
+    CBSADenseCLI(args=args)
     return 0
 
 

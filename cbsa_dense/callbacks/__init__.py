@@ -1,7 +1,8 @@
 """Lightning callbacks of the project."""
 
 from cbsa_dense.callbacks.compile import CompileEncoder
+from cbsa_dense.callbacks.exact_resume import ExactResume
 from cbsa_dense.callbacks.explain import ExplainCallback
 from cbsa_dense.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 
-__all__ = ["CompileEncoder", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError"]
+__all__ = ["CompileEncoder", "ExactResume", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError"]
