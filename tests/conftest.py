@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cbsa_dense.cli import main as cli_main
+
 #: ``../shared`` beside the checkout (read-only reference data; tests skip when it is absent).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +25,24 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"reference data folder {SHARED} is absent")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory) -> Path:
+    """A tiny demo-segmentation run trained through the real CLI (1 epoch, 4 images), with the
+    explanation callback on; its checkpoint serves the explain and export tests."""
+    run = tmp_path_factory.mktemp("seg_run")
+    cli_main(["fit", "--config", str(ROOT / "configs" / "demo_seg.yaml"),
+              "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
+              "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
+              "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run / "runs"),
+              "--trainer.logger.init_args.save_dir", str(run / "runs"),
+              "--trainer.callbacks+", "cbsa_dense.callbacks.ExplainCallback",
+              "--trainer.callbacks.every_n_epochs", "1", "--trainer.callbacks.layers", "[0, -1]"])
+    return run
+
+
+@pytest.fixture(scope="session")
+def seg_ckpt(seg_run) -> Path:
+    return next((seg_run / "runs").rglob("last.ckpt"))

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+import torch
+
+from cbsa_dense.cli import main
+from cbsa_dense.export import DeployedSegmenter, export_checkpoint
+
+pytest.importorskip("onnxruntime")
+
+
+def test_wrapper_bakes_in_normalization():
+    model = torch.nn.Identity()
+    wrapped = DeployedSegmenter(model, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+    x = torch.rand(1, 3, 4, 5)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(wrapped(x), (x - mean) / std)
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt")])
+def test_export_segmentation_checkpoint_with_parity(seg_ckpt, tmp_path, capsys, fmt, suffix):
+    out = tmp_path / f"model.{suffix}"
+    assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", fmt, "--output", str(out),
+                 "--image-size", "64", "96"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["max_abs_diff"] <= 1e-4 and out.is_file()
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["input"]["shape"] == [1, 3, 64, 96] and sidecar["task"] == "segmentation"
+    assert sidecar["class_names"] == ["sky", "ground", "disc", "box", "triangle", "ring"]
+    assert len(sidecar["mean"]) == 3 and len(sidecar["std"]) == 3
+
+
+def test_parity_failure_is_reported(seg_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="parity check failed"):
+        export_checkpoint(seg_ckpt, tmp_path / "m.onnx", "onnx", (32, 32), tolerance=-1.0)
+    assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "onnx", "--output",
+                 str(tmp_path / "m2.onnx"), "--image-size", "32", "32", "--tolerance", "-1"]) == 1

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+from PIL import Image
+
+from cbsa_dense.cli import main
+
+
+def test_callback_wrote_validation_pictures(seg_run):
+    pictures = sorted((seg_run / "runs").rglob("explain/epoch000/*.png"))
+    assert [p.name for p in pictures] == ["val0_layer-1_head0.png", "val0_layer0_head0.png",
+                                          "val1_layer-1_head0.png", "val1_layer0_head0.png"]
+
+
+def test_explain_command_writes_pictures_and_zero_shot_score(seg_run, seg_ckpt, tmp_path, capsys):
+    images = seg_run / "data" / "images" / "validation"
+    code = main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(images), "--output",
+                 str(tmp_path / "out"), "--layers", "0", "-1", "--heads", "0", "1", "--pixel", "5", "7",
+                 "--zero-shot-masks", str(seg_run / "data" / "annotations" / "validation")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["written"]) == 2 * 2 * 2                          # images x layers x heads
+    for path in result["written"]:
+        assert Image.open(path).size[0] > 200
+    assert result["cbsa_layers"][0] == "encoder.blocks.0.attn"
+    assert 0.0 <= result["zero_shot"]["mIoU"] <= 1.0
+
+
+def test_explain_rejects_bad_head_and_missing_images(seg_run, seg_ckpt, tmp_path, capsys):
+    image = next((seg_run / "data" / "images" / "validation").iterdir())
+    assert main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(image), "--output",
+                 str(tmp_path), "--heads", "9"]) == 2
+    assert "head 9 out of range" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(tmp_path / "nowhere"),
+              "--output", str(tmp_path)])
