@@ -1,0 +1,57 @@
+"""Every shipped detection config parses, and a tiny twin of each runs through the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cbsa_dense.cli import main
+from cbsa_dense.data.demo_det import generate_demo_coco
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY_ENCODER = ["--model.init_args.encoder.init_args.img_size", "64", "--model.init_args.encoder.init_args.embed_dim",
+                "32", "--model.init_args.encoder.init_args.depth", "1", "--model.init_args.encoder.init_args.num_heads",
+                "2", "--model.init_args.encoder.init_args.drop_path_rate", "0.0"]
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return generate_demo_coco(tmp_path_factory.mktemp("coco"), num_train=3, num_val=2, size_range=(40, 48))
+
+
+@pytest.mark.parametrize("name", ["det_coco.yaml", "det_custom.yaml", "demo_det.yaml"])
+def test_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / name), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "cbsa_dense.tasks.detection.DetectionTask" in printed and "SimpleFeaturePyramid" in printed
+
+
+def _run_dirs(tmp_path):
+    return ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.fast_dev_run", "1", "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
+            "--trainer.devices", "1", "--model.init_args.results_dir", str(tmp_path)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["det_coco.yaml", "det_custom.yaml"])
+def test_tiny_twin_of_coco_and_custom_configs_fits(name, tmp_path, coco_root):
+    data = ["--data.init_args.root", str(coco_root), "--data.init_args.train_json", "annotations/instances_train.json",
+            "--data.init_args.train_images", "train", "--data.init_args.val_json", "annotations/instances_val.json",
+            "--data.init_args.val_images", "val", "--data.init_args.image_size", "64",
+            "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+            "--model.init_args.num_classes", "3", "--model.init_args.neck.init_args.out_channels", "32",
+            "--model.init_args.head.init_args.num_convs", "1"]
+    assert main(["fit", "--config", str(CONFIGS / name), *TINY_ENCODER, *data, *_run_dirs(tmp_path)]) == 0
+
+
+@pytest.mark.slow
+def test_tiny_twin_of_demo_config_fits(tmp_path):
+    data = ["--data.init_args.root", str(tmp_path / "demo"), "--data.init_args.num_train", "3",
+            "--data.init_args.num_val", "2", "--data.init_args.size_range", "[40, 48]",
+            "--data.init_args.image_size", "64", "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", "0"]
+    assert main(["fit", "--config", str(CONFIGS / "demo_det.yaml"), *TINY_ENCODER, *data, *_run_dirs(tmp_path)]) == 0
+    assert (tmp_path / "demo" / "annotations" / "instances_train.json").is_file()
