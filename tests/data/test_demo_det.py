@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+import torch
+
 from cbsa_dense.data.coco_dataset import load_coco
 from cbsa_dense.data.demo_det import DemoDetectionDataModule, generate_demo_coco
 
@@ -45,3 +48,16 @@ def test_changed_arguments_regenerate_and_datamodule_generates_on_first_use(tmp_
     dm.setup("fit")
     assert dm.num_classes == 3 and dm.category_ids == [2, 5, 9] and dm.class_names[0] == "circle"
     assert len(dm.datasets["train"]) == 2 and len(dm.datasets["val"]) == 2  # the empty image: eval only
+
+
+def test_num_threads_is_applied_at_setup(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        dm = DemoDetectionDataModule(root=str(tmp_path / "t"), num_train=2, num_val=2, size_range=(40, 40),
+                                     num_threads=1, num_workers=0)
+        dm.setup("validate")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="num_threads"):
+        DemoDetectionDataModule(num_threads=0)
