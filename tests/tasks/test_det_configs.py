@@ -20,13 +20,20 @@ def coco_root(tmp_path_factory):
     return generate_demo_coco(tmp_path_factory.mktemp("coco"), num_train=3, num_val=2, size_range=(40, 48))
 
 
-@pytest.mark.parametrize("name", ["det_coco.yaml", "det_custom.yaml", "demo_det.yaml"])
-def test_config_parses(name, capsys):
+MASK_RCNN = ["--model.init_args.head", "cbsa_dense.models.heads.det_mask_rcnn.MaskRCNNHead",
+             "--data.init_args.with_masks", "true"]
+
+
+@pytest.mark.parametrize("name, extra", [("det_coco.yaml", []), ("det_coco.yaml", MASK_RCNN), ("det_custom.yaml", []),
+                                         ("demo_det.yaml", [])])
+def test_config_parses(name, extra, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(CONFIGS / name), "--print_config"])
+        main(["fit", "--config", str(CONFIGS / name), *extra, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "cbsa_dense.tasks.detection.DetectionTask" in printed and "SimpleFeaturePyramid" in printed
+    if extra:
+        assert "MaskRCNNHead" in printed and "num_convs" not in printed
 
 
 def _run_dirs(tmp_path):

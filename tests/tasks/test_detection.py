@@ -96,6 +96,9 @@ def test_fit_validate_test_predict_through_cli(tmp_path, coco_root, head):
         assert float(cli.trainer.callback_metrics[key]) == pytest.approx(ref[0], abs=1e-6)
         scored = [{k: v for k, v in r.items() if not (iou_type == "segm" and k == "bbox")} for r in results]
         assert evaluate_coco(gt, scored, iou_type)["AP"] == pytest.approx(ref[0], abs=1e-6)
+    per_class = {k for k in cli.trainer.callback_metrics if k.startswith("test_map_")} - {
+        "test_map_50", "test_map_75", "test_map_s", "test_map_m", "test_map_l"}
+    assert per_class and per_class <= {"test_map_circle", "test_map_square", "test_map_triangle"}
     assert main(["predict", "--config", config, "--ckpt_path", str(ckpt)]) == 0
     predictions = json.loads((tmp_path / "results" / "predictions.json").read_text())
     assert {p["image_id"] for p in predictions} <= {im["id"] for im in gt_json["images"]}
