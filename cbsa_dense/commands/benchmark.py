@@ -1,0 +1,115 @@
+"""``cbsa-dense benchmark {attention,encoder,train}``: speed and memory, side by side in one process.
+
+Examples::
+
+    cbsa-dense benchmark attention --tokens 1024 4096 16384 --dim 384 --heads 6 --json
+    cbsa-dense benchmark encoder --image-size 512 1024 2048 --json --out-dir bench_out
+    cbsa-dense benchmark train --config configs/demo_seg.yaml --steps 20
+
+With ``--json`` the records are printed as one JSON list (``train``: one JSON object); otherwise as a
+markdown table. ``--out-dir`` also writes ``<kind>.json``, ``<kind>.md`` and ``<kind>.png`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (CUDA when available)")
+    parser.add_argument("--dtype", nargs="+", default=None, choices=sorted(DTYPES),
+                        help="dtypes to run (bf16 via autocast); default: float32, plus bf16 where the "
+                             "device supports it natively")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls (median and min reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", action="store_true", help="print the records as JSON")
+    parser.add_argument("--out-dir", default=None, help="also write <kind>.json/.md/.png to this directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cbsa-dense benchmark", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="kind", required=True)
+    attn = sub.add_parser("attention", help="one attention layer: CBSA vs softmax (SDPA) vs linear")
+    attn.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
+    attn.add_argument("--dim", type=int, default=384)
+    attn.add_argument("--heads", type=int, default=6)
+    attn.add_argument("--batch", type=int, default=1)
+    attn.add_argument("--rep-grid", type=int, nargs=2, default=[8, 8], metavar=("GH", "GW"))
+    attn.add_argument("--impls", nargs="+", default=["cbsa", "softmax", "linear", "cbsa_reference"],
+                      choices=["cbsa", "softmax", "linear", "cbsa_reference"])
+    _common(attn)
+    enc = sub.add_parser("encoder", help="ViT-S-width encoder (12 blocks): CBSA vs softmax attention")
+    enc.add_argument("--image-size", type=int, nargs="+", default=[512, 1024, 2048])
+    enc.add_argument("--attentions", nargs="+", default=["cbsa", "softmax"], choices=["cbsa", "softmax", "linear"])
+    enc.add_argument("--batch", type=int, default=1)
+    enc.add_argument("--dim", type=int, default=384)
+    enc.add_argument("--depth", type=int, default=12)
+    enc.add_argument("--heads", type=int, default=6)
+    enc.add_argument("--patch-size", type=int, default=16)
+    enc.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
+    _common(enc)
+    enc.set_defaults(repeats=3)
+    train = sub.add_parser("train", help="training steps/s and images/s of a config, and its loader alone",
+                           description="Unknown arguments are passed to the config parser as overrides, "
+                                       "e.g. --data.batch_size 2.")
+    train.add_argument("--config", required=True, help="a `cbsa-dense fit` YAML config")
+    train.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    train.add_argument("--warmup-steps", type=int, default=3, help="untimed steps (and loader batches) first")
+    train.add_argument("--data-batches", type=int, default=None, help="loader-only batches (default: --steps)")
+    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--json", action="store_true", help="print the record as JSON")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.kind != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.kind == "train":
+        from cbsa_dense.benchmark.train import bench_train
+
+        record = bench_train(args.config, args.steps, args.warmup_steps, args.data_batches, overrides=extra)
+        print(json.dumps(record) if args.json else _table([record]))
+        return 0
+
+    from cbsa_dense.benchmark.timing import machine_info, resolve_device, supported_dtypes
+
+    device = resolve_device(args.device)
+    dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else supported_dtypes(device)
+    common = {"dtypes": dtypes, "device": device, "warmup": args.warmup, "repeats": args.repeats,
+              "memory": not args.no_memory}
+    if args.kind == "attention":
+        from cbsa_dense.benchmark.attention import bench_attention
+
+        records = bench_attention(args.tokens, args.dim, args.heads, args.batch, args.impls,
+                                  rep_grid=tuple(args.rep_grid), **common)
+        layout = {"x": "tokens", "series": "impl", "baseline": "softmax"}
+    else:
+        from cbsa_dense.benchmark.encoder import bench_encoder
+
+        records = bench_encoder(args.image_size, args.attentions, args.batch, flops=not args.no_flops,
+                                embed_dim=args.dim, depth=args.depth, num_heads=args.heads,
+                                patch_size=args.patch_size, **common)
+        layout = {"x": "tokens", "series": "attention", "baseline": "softmax"}
+    if args.out_dir:
+        from cbsa_dense.benchmark.report import write_report
+
+        write_report(records, args.out_dir, args.kind, machine=machine_info(device), **layout)
+    print(json.dumps(records) if args.json else _table(records))
+    return 0
+
+
+def _table(records: list[dict]) -> str:
+    from cbsa_dense.benchmark.report import markdown_table
+
+    return markdown_table(records)
