@@ -44,7 +44,8 @@ class SegmentationTask(BaseTask):
     Args:
         model: the segmentation model, e.g. :class:`~cbsa_dense.models.segmentor.Segmentor`;
             ``model(images (B, 3, H, W)) -> logits (B, C, H, W)``, with a ``num_classes`` attribute.
-        inference: evaluation inference; ``None`` = whole image, single scale.
+        inference: evaluation inference; ``None`` = whole image, single scale. Not stored in checkpoints
+            (give it again, e.g. in the config, when evaluating one).
         pretrained: weights-only initialization from a file: a Segmenter-format checkpoint of the
             paper's authors (converted), a Lightning checkpoint of this task, or a plain state dict of
             ``model``; missing / unexpected keys are logged.
@@ -63,7 +64,10 @@ class SegmentationTask(BaseTask):
                  weight_decay: float | None = None, layer_decay: float | None = None,
                  freeze: list[str] | None = None) -> None:
         super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) and not _under_cli() else None)
+        # Output and evaluation settings are not stored: with ``--ckpt_path`` the checkpoint's stored
+        # arguments override the command line, and these must stay choosable at validate/test/predict.
+        ignore = ["inference", "predict_dir", "overlay_alpha"]
+        self.save_hyperparameters(ignore=ignore + (["model"] if not _under_cli() else []))
         self.model = model
         self.num_classes = int(model.num_classes)
         self.inference = inference or SlidingWindowInference()
