@@ -41,7 +41,7 @@ class ExplainCallback(Callback):
 
     def explain_batch(self, trainer: Trainer, pl_module: LightningModule, batch: dict) -> list[Path]:
         from cbsa_dense.interpret.capture import capture_extractions
-        from cbsa_dense.interpret.forward import forward_any
+        from cbsa_dense.interpret.forward import forward_any, to_display
         from cbsa_dense.interpret.render import save_explanation
 
         images = batch["image"]
@@ -52,7 +52,7 @@ class ExplainCallback(Callback):
             x = image[None].to(pl_module.device)
             with torch.no_grad(), capture_extractions(pl_module.model, self.layers) as records:
                 forward_any(pl_module.model, x)
-            picture = _display(image, getattr(trainer.datamodule, "mean", None), getattr(trainer.datamodule, "std", None))
+            picture = to_display(image, getattr(trainer.datamodule, "mean", None), getattr(trainer.datamodule, "std", None))
             for layer, record in zip(self.layers, records):
                 for head in self.heads:
                     path = out_dir / f"val{i}_layer{layer}_head{head}.png"
@@ -66,13 +66,3 @@ class ExplainCallback(Callback):
                                      global_step=trainer.global_step, dataformats="HWC")
         return written
 
-
-def _display(image: torch.Tensor, mean, std) -> np.ndarray:
-    """Normalized (3, H, W) tensor -> (H, W, 3) uint8 (min-max scaled when mean/std are unknown)."""
-    x = image.detach().float().cpu()
-    if mean is not None and std is not None:
-        scale = 255.0 if max(max(mean), max(std)) > 1.0 else 1.0
-        x = x * torch.tensor(std).view(3, 1, 1) / scale + torch.tensor(mean).view(3, 1, 1) / scale
-    else:
-        x = (x - x.min()) / (x.max() - x.min() + 1e-6)
-    return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()

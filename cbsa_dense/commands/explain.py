@@ -40,36 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _render_prediction(task, x: torch.Tensor, image: np.ndarray, info: dict) -> np.ndarray:
-    from cbsa_dense.interpret.forward import forward_any, is_detector
-
-    h, w = image.shape[:2]
-    output = forward_any(task.model, x)
-    if is_detector(task.model):
-        from torchvision.utils import draw_bounding_boxes
-
-        det = output[0]
-        keep = det["scores"] > 0.3
-        names = info.get("class_names") or [str(i) for i in range(task.model.num_classes)]
-        labels = [f"{names[int(c)]} {s:.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep])]
-        canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
-        return draw_bounding_boxes(canvas, det["boxes"][keep], labels=labels, width=2).permute(1, 2, 0).numpy()
-    logits = output
-    if logits.shape[-2:] != (h, w):
-        logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    pred = logits.argmax(1)[0].numpy()
-    palette = np.asarray(info.get("palette") or _palette(logits.shape[1]), dtype=np.uint8)
-    return (0.5 * image + 0.5 * palette[pred]).astype(np.uint8)
-
-
-def _palette(n: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 255, size=(n, 3), dtype=np.uint8)
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from cbsa_dense.interpret.capture import capture_extractions, cbsa_layers
+    from cbsa_dense.interpret.forward import forward_any, render_output
     from cbsa_dense.interpret.inputs import list_images, read_rgb, to_model_input
     from cbsa_dense.interpret.render import pixel_token, save_explanation
     from cbsa_dense.tasks.loading import load_task
@@ -89,7 +63,8 @@ def main(argv: list[str]) -> int:
         image = read_rgb(path)
         x = to_model_input(image, mean, std)
         with torch.no_grad(), capture_extractions(task.model, layers) as records:
-            prediction = _render_prediction(task, x, image, info)
+            output = forward_any(task.model, x)
+        prediction = render_output(task.model, output, image, info.get("class_names"), info.get("palette"))
         by_index = dict(zip(layers, records))
         for layer in args.layers:
             record = by_index[layer]

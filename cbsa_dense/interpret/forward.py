@@ -1,8 +1,10 @@
-"""One forward pass of a segmentation or detection model, whichever it is."""
+"""One forward pass of a segmentation or detection model, whichever it is, and a picture of its output."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -17,3 +19,51 @@ def forward_any(model: nn.Module, x: torch.Tensor):
     if is_detector(model):
         return model(x, [tuple(x.shape[-2:])] * x.shape[0])
     return model(x)
+
+
+def default_palette(n: int) -> np.ndarray:
+    """A fixed pseudo-random (n, 3) uint8 palette."""
+    return np.random.default_rng(0).integers(0, 255, size=(n, 3), dtype=np.uint8)
+
+
+def render_output(model: nn.Module, output, image: np.ndarray, class_names: list[str] | None = None,
+                  palette=None, score_threshold: float = 0.3, index: int = 0) -> np.ndarray:
+    """Draw one image's prediction: a class-colour overlay (segmentation) or labelled boxes (detection).
+
+    Args:
+        model: the model that produced ``output`` (decides how to draw it).
+        output: :func:`forward_any`'s result for a batch that contains the image.
+        image: (H, W, 3) uint8, the image at the model's input resolution.
+        class_names: names for box labels.
+        palette: (C, 3) colours for segmentation classes.
+        score_threshold: detections below it are not drawn.
+        index: the image's index in the batch.
+    """
+    h, w = image.shape[:2]
+    if is_detector(model):
+        from torchvision.utils import draw_bounding_boxes
+
+        det = output[index]
+        keep = det["scores"] > score_threshold
+        names = class_names or [str(i) for i in range(model.num_classes)]
+        labels = [f"{names[int(c)]} {float(s):.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep])]
+        canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return draw_bounding_boxes(canvas, det["boxes"][keep].cpu(), labels=labels, width=2).permute(1, 2, 0).numpy()
+    logits = output[index:index + 1]
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    pred = logits.argmax(1)[0].cpu().numpy()
+    colours = np.asarray(palette if palette is not None else default_palette(logits.shape[1]), dtype=np.uint8)
+    return (0.5 * image + 0.5 * colours[pred]).astype(np.uint8)
+
+
+def to_display(image: torch.Tensor, mean=None, std=None) -> np.ndarray:
+    """Normalized (3, H, W) tensor -> (H, W, 3) uint8 (min-max scaled when mean/std are unknown)."""
+    x = image.detach().float().cpu()
+    if mean is not None and std is not None:
+        scale = 255.0 if max(max(mean), max(std)) > 1.0 else 1.0
+        x = x * torch.tensor(std, dtype=torch.float32).view(3, 1, 1) / scale
+        x = x + torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / scale
+    else:
+        x = (x - x.min()) / (x.max() - x.min() + 1e-6)
+    return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()

@@ -112,6 +112,21 @@ class _BroadcastProject(torch.autograd.Function):
         return d_ext, d_right, d_bias
 
 
+class _NoGradContext:
+    """Stand-in ``ctx`` for running a Function's forward as plain ops (nothing is saved)."""
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        pass
+
+
+def _apply(function: type[torch.autograd.Function], *args):
+    """``function.apply(*args)``, except under TorchScript tracing, which cannot serialize custom
+    Functions: there the forward is traced as the plain tensor ops it is (exports need no backward)."""
+    if torch.jit.is_tracing():
+        return function.forward(_NoGradContext(), *args)
+    return function.apply(*args)
+
+
 class CBSAAttention(nn.Module):
     """CBSA: contract a few pooled representatives, broadcast the result back to every token.
 
@@ -265,7 +280,7 @@ class CBSAAttention(nn.Module):
             return self._merge(out), None
         reps0 = self._pool(q, grid, num_prefix_tokens)                              # (B, h, m, p)
         values = None if self.variant == "shared" else v                            # None: v is k
-        extraction, gathered = _Extraction.apply(reps0 * self.scale, k, values, self.num_heads)
+        extraction, gathered = _apply(_Extraction, reps0 * self.scale, k, values, self.num_heads)
         if self.broadcast == "query":
             qh = self._split_heads(q)
             out = F.scaled_dot_product_attention(qh, reps0.to(qh.dtype), gathered, scale=self.scale)
@@ -289,7 +304,7 @@ class CBSAAttention(nn.Module):
         weight = self._output_weight().view(self.num_heads, self.head_dim, -1)       # (h, p, dim)
         right = (contracted @ weight.to(contracted.dtype)).flatten(1, 2)            # (B, h*m, dim)
         bias = None if self.proj is None else self.proj.bias
-        return self.proj_drop(_BroadcastProject.apply(extraction, right, bias))
+        return self.proj_drop(_apply(_BroadcastProject, extraction, right, bias))
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = out.shape

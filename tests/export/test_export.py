@@ -31,8 +31,9 @@ def test_export_segmentation_checkpoint_with_parity(seg_ckpt, tmp_path, capsys, 
     assert len(sidecar["mean"]) == 3 and len(sidecar["std"]) == 3
 
 
-def test_parity_failure_is_reported(seg_ckpt, tmp_path):
+def test_parity_failure_is_reported(seg_ckpt, tmp_path, capsys):
     with pytest.raises(ValueError, match="parity check failed"):
-        export_checkpoint(seg_ckpt, tmp_path / "m.onnx", "onnx", (32, 32), tolerance=-1.0)
-    assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "onnx", "--output",
-                 str(tmp_path / "m2.onnx"), "--image-size", "32", "32", "--tolerance", "-1"]) == 1
+        export_checkpoint(seg_ckpt, tmp_path / "m.pt", "torchscript", (32, 32), tolerance=-1.0)
+    assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "torchscript", "--output",
+                 str(tmp_path / "m2.pt"), "--image-size", "32", "32", "--tolerance", "-1"]) == 1
+    assert "parity check failed" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""``--print_config`` output is accepted back as a config, for every shipped task config."""
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from cbsa_dense.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+
+
+def _print_config(*args) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_printed_config_is_a_fixed_point(config, tmp_path):
+    printed = _print_config("--config", str(config))
+    assert "model:" in printed and "class_path:" in printed
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    assert _print_config("--config", str(saved)) == printed
+
+
+def test_unknown_key_names_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "demo_seg.yaml").read_text() + "\nbogus_key: 1\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(bad), "--print_config"])
+    assert "bogus_key" in capsys.readouterr().err
