@@ -5,15 +5,18 @@ Examples::
     cbsa-dense benchmark attention --tokens 1024 4096 16384 --dim 384 --heads 6 --json
     cbsa-dense benchmark encoder --image-size 512 1024 2048 --json --out-dir bench_out
     cbsa-dense benchmark train --config configs/demo_seg.yaml --steps 20
+    cbsa-dense benchmark targets --attention bench_out/attention.json --encoder bench_out/encoder.json
 
 With ``--json`` the records are printed as one JSON list (``train``: one JSON object); otherwise as a
 markdown table. ``--out-dir`` also writes ``<kind>.json``, ``<kind>.md`` and ``<kind>.png`` there.
+``targets`` checks the issue's speed/memory ratios on such JSON files (exit code 1 if one is missed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -65,7 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-batches", type=int, default=None, help="loader-only batches (default: --steps)")
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--json", action="store_true", help="print the record as JSON")
+    targets = sub.add_parser("targets", help="check issue 6's speed targets on JSON files written by --out-dir")
+    targets.add_argument("--attention", default=None, help="attention.json (from --out-dir)")
+    targets.add_argument("--encoder", default=None, help="encoder.json (from --out-dir)")
+    targets.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    targets.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
+
+
+def _records(path: str | None) -> list[dict]:
+    if path is None:
+        return []
+    data = json.loads(Path(path).read_text())
+    return data["records"] if isinstance(data, dict) else data
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +88,12 @@ def main(argv: list[str]) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.kind != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.kind == "targets":
+        from cbsa_dense.benchmark.targets import check_targets
+
+        rows = check_targets(_records(args.attention), _records(args.encoder), args.dtype)
+        print(json.dumps(rows) if args.json else _table(rows))
+        return 0 if all(r["ok"] for r in rows) else 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.kind == "train":
