@@ -200,7 +200,7 @@ class DetectionTask(BaseTask):
             for i, (box, score, label) in enumerate(zip(boxes.tolist(), pred["scores"].tolist(),
                                                         pred["labels"].tolist())):
                 entry = {"image_id": int(image_id), "category_id": int(self.category_ids[int(label)]),
-                         "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)}
+                         "bbox": box, "score": float(score)}  # unrounded: scores equal the metric's
                 if masks is not None:
                     entry["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
                 results.append(entry)
