@@ -1,0 +1,80 @@
+"""Segmentor (encoder + head, upsampling with Segmenter's padding convention) and sliding-window inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cbsa_dense.layers import CBSAAttention
+from cbsa_dense.models.encoders import ViTEncoder
+from cbsa_dense.models.heads.cbt_decoder import CBTDecoder
+from cbsa_dense.models.heads.linear_head import LinearHead
+from cbsa_dense.models.segmentor import Segmentor
+from cbsa_dense.tasks.sliding_window import SlidingWindowInference
+
+
+def cbsa(dim, heads):
+    return CBSAAttention(dim, heads, grid=(2, 2))
+
+
+def tiny_encoder(dim=16):
+    return ViTEncoder(img_size=32, patch_size=8, embed_dim=dim, depth=1, num_heads=2, attn_layer=cbsa)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (27, 45), (8, 70)])
+def test_any_input_size(size):
+    model = Segmentor(tiny_encoder(), CBTDecoder(16, 3, n_layers=1, num_heads=2, attn_layer=cbsa)).eval()
+    assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
+
+
+def test_upsamples_to_the_padded_size_then_crops():
+    encoder = tiny_encoder()
+    head = LinearHead(16, 4)
+    model = Segmentor(encoder, head).eval()
+    x = torch.randn(1, 3, 20, 30)                       # padded to 24 x 32 (grid 3 x 4)
+    with torch.no_grad():
+        expected = F.interpolate(head(encoder(x)), size=(24, 32), mode="bilinear", align_corners=False)[..., :20, :30]
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_channel_mismatch_names_both_numbers():
+    with pytest.raises(ValueError, match="expects 24 channels .* gives 16"):
+        Segmentor(tiny_encoder(16), LinearHead(24, 3))
+
+
+class PerPixel(nn.Module):
+    """A per-pixel model (1x1 conv): sliding windows must reproduce the whole-image result exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        return self.conv(x)
+
+
+def test_sliding_window_matches_whole_image_for_a_per_pixel_model():
+    model = PerPixel()
+    x = torch.randn(2, 3, 50, 70)
+    whole = SlidingWindowInference()(model, x, 4)
+    model.calls.clear()
+    slid = SlidingWindowInference(window=(32, 32), stride=(21, 21), window_batch=3)(model, x, 4)
+    torch.testing.assert_close(slid, whole)
+    windows = sum(c[0] for c in model.calls) // 2
+    assert windows == 2 * 3                            # mmseg: ceil((50-32)/21)+1 rows, ceil((70-32)/21)+1 cols
+    assert all(c[-2:] == (32, 32) for c in model.calls)
+
+
+def test_multiscale_flip_averages_probabilities_at_the_output_size():
+    model = PerPixel()
+    x = torch.randn(1, 3, 20, 24)
+    probs = SlidingWindowInference(scales=(0.5, 1.0, 1.5), flip=True)(model, x, 4, out_size=(30, 36))
+    assert probs.shape == (1, 4, 30, 36)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 30, 36))
+    assert len(model.calls) == 6
+    with pytest.raises(ValueError, match="scales"):
+        SlidingWindowInference(scales=())
