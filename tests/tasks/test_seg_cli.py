@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cbsa_dense.cli import main
+from cbsa_dense.data.demo_seg import generate_demo_ade20k
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -143,3 +144,20 @@ def test_class_count_mismatch_is_reported(tmp_path):
               "--data.init_args.mask_palette", "[[0, 0, 0], [255, 0, 0], [0, 0, 255]]",
               "--model.init_args.model.init_args.encoder.init_args.depth", "1",
               "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("config", ["seg_ade20k.yaml", "paper/ade20k_cbt_tiny.yaml"])
+def test_ade20k_config_twins_fast_dev_run(tmp_path, config):
+    root = generate_demo_ade20k(tmp_path / "ADEChallengeData2016", num_train=2, num_val=1, image_size=(40, 56))
+    enc = "--model.init_args.model.init_args.encoder.init_args."
+    head = "--model.init_args.model.init_args.head.init_args."
+    run("fit", "--config", str(CONFIGS / config), "--data.init_args.root", str(root),
+        "--data.init_args.num_classes", "6", "--data.init_args.crop_size", "[32, 32]",
+        "--data.init_args.scale", "[128, 32]", "--data.init_args.eval_scale", "[128, 32]",
+        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+        f"{enc}img_size", "32", f"{enc}embed_dim", "32", f"{enc}depth", "1", f"{enc}num_heads", "2",
+        f"{enc}patch_size", "8", f"{head}in_channels", "32", f"{head}num_classes", "6", f"{head}n_layers", "1",
+        "--model.init_args.inference.init_args.window", "[32, 32]",
+        "--model.init_args.inference.init_args.stride", "[21, 21]",
+        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false")
