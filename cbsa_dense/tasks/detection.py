@@ -171,7 +171,7 @@ class DetectionTask(BaseTask):
         result = self._log_map(self.test_map, "test")
         for iou_type in self.iou_types:
             src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
-            classes = result.get(f"{src}classes", torch.zeros(0)).reshape(-1).tolist()
+            classes = result.get("classes", torch.zeros(0)).reshape(-1).tolist()  # never prefixed
             aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
             ars = result.get(f"{src}mar_100_per_class", torch.zeros(0)).reshape(-1).tolist()
             rows = []
