@@ -69,7 +69,7 @@ def _pycocotools(gt_path, results, iou_type):
     return gt, evaluator.stats
 
 
-@pytest.mark.parametrize("head", ["fcos", pytest.param("mask_rcnn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("head", ["fcos", "mask_rcnn"])
 def test_fit_validate_test_predict_through_cli(tmp_path, coco_root, head):
     config = _config(tmp_path, coco_root, head)
     assert main(["fit", "--config", config]) == 0
