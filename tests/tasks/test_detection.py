@@ -109,3 +109,27 @@ def test_num_classes_mismatch_names_both_numbers(tmp_path, coco_root):
     config = _config(tmp_path, coco_root, "fcos")
     with pytest.raises(ValueError, match="num_classes=5 but the data has 3 categories"):
         main(["fit", "--config", config, "--model.init_args.num_classes", "5"])
+
+
+def test_default_recipe_is_vitdet():
+    from functools import partial
+
+    import torch
+
+    from cbsa_dense.models.encoders import ViTEncoder
+    from cbsa_dense.models.heads.det_fcos import FCOSHead
+    from cbsa_dense.models.necks.simple_fpn import SimpleFeaturePyramid
+    from cbsa_dense.tasks.detection import DetectionTask
+    from cbsa_dense.tasks.schedulers import WarmupStepLR
+
+    task = DetectionTask(ViTEncoder(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+                         partial(SimpleFeaturePyramid, out_channels=32, strides=(8, 16)),
+                         partial(FCOSHead, num_convs=1), num_classes=2)
+    config = task.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and isinstance(scheduler, WarmupStepLR)
+    assert scheduler.milestones == (0.89, 0.96) and scheduler.warmup_iters == 250
+    decayed = [g for g in optimizer.param_groups if g["weight_decay"] > 0]
+    assert {g["weight_decay"] for g in decayed} == {0.1}
+    lrs = sorted({round(g["initial_lr"] / 1e-4, 6) for g in optimizer.param_groups})
+    assert lrs == [round(0.7 ** k, 6) for k in (3, 2, 1, 0)]  # embeddings, block 0, block 1, neck + head
