@@ -62,3 +62,22 @@ def test_tiny_twin_of_demo_config_fits(tmp_path):
             "--data.init_args.num_workers", "0"]
     assert main(["fit", "--config", str(CONFIGS / "demo_det.yaml"), *TINY_ENCODER, *data, *_run_dirs(tmp_path)]) == 0
     assert (tmp_path / "demo" / "annotations" / "instances_train.json").is_file()
+
+
+@pytest.mark.slow
+def test_det_coco_model_runs_global_attention_at_1024(tmp_path):
+    """The shipped COCO model (CBSA ViT-S, FCOS) predicts on a 1024x1024 input without windowing."""
+    import torch
+
+    from cbsa_dense.cli import CBSADenseCLI
+
+    cli = CBSADenseCLI(args=["--config", str(CONFIGS / "det_coco.yaml"), "--trainer.logger", "false",
+                             "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
+                             "--trainer.default_root_dir", str(tmp_path)], run=False)
+    detector = cli.model.model.eval()
+    assert detector.encoder.patch_size == 16 and len(detector.encoder.blocks) == 12
+    with torch.no_grad():
+        tokens, grid = detector.encoder.forward_tokens(torch.randn(1, 3, 1024, 1024))
+        detections = detector(torch.randn(1, 3, 1024, 1024), [(1024, 1024)])
+    assert grid == (64, 64) and tokens[-1].shape[1] == 1 + 64 * 64  # CLS + every patch in one sequence
+    assert detections[0]["boxes"].shape[1] == 4
