@@ -78,3 +78,18 @@ def test_multiscale_flip_averages_probabilities_at_the_output_size():
     assert len(model.calls) == 6
     with pytest.raises(ValueError, match="scales"):
         SlidingWindowInference(scales=())
+
+
+def test_uper_head_over_several_vit_levels():
+    from cbsa_dense.models.heads.uper_head import UPerHead
+
+    encoder = ViTEncoder(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2, attn_layer=cbsa,
+                         out_indices=(0, 1, 2))
+    head = UPerHead([16, 16, 16], 5, in_index=[0, 1, 2], channels=8, pool_scales=(1, 2), scales=[2, 1, 0.5])
+    model = Segmentor(encoder, head)
+    out = model(torch.randn(2, 3, 40, 56))
+    assert out.shape == (2, 5, 40, 56)
+    out.mean().backward()
+    assert encoder.blocks[0].attn.qkv.weight.grad is not None and head.lateral[0][0].weight.grad is not None
+    with pytest.raises(ValueError, match="2 scales for 3 levels"):
+        UPerHead([16, 16, 16], 5, in_index=[0, 1, 2], scales=[1, 1])
