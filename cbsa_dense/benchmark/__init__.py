@@ -9,8 +9,8 @@ from cbsa_dense.benchmark.attention import bench_attention
 from cbsa_dense.benchmark.encoder import bench_encoder
 from cbsa_dense.benchmark.reference import ReferenceCBSA
 from cbsa_dense.benchmark.report import markdown_table, write_report
-from cbsa_dense.benchmark.timing import Timing, machine_info, peak_memory_mb, time_fn
+from cbsa_dense.benchmark.timing import Timing, machine_info, peak_memory_mb, time_fn, time_interleaved
 from cbsa_dense.benchmark.train import bench_train
 
 __all__ = ["ReferenceCBSA", "Timing", "bench_attention", "bench_encoder", "bench_train", "machine_info",
-           "markdown_table", "peak_memory_mb", "time_fn", "write_report"]
+           "markdown_table", "peak_memory_mb", "time_fn", "time_interleaved", "write_report"]

@@ -6,7 +6,8 @@ Records (one per implementation, token count and dtype)::
      "peak_mem_mb": .., "fwd_ms_min": .., "fwd_bwd_ms_min": .., "dtype": "float32" | "bfloat16",
      "batch": B, "dim": d, "heads": h, "device": "cpu"}
 
-``fwd_ms``: forward under ``torch.no_grad``; ``fwd_bwd_ms``: forward + backward to the input and all
+Implementations are timed round-robin (each repeat runs every one in turn), so load changes on a
+shared machine hit them alike. ``fwd_ms``: forward under ``torch.no_grad``; ``fwd_bwd_ms``: forward + backward to the input and all
 parameters with a fixed random output gradient; ``peak_mem_mb``: extra memory of one forward + backward
 (:func:`~cbsa_dense.benchmark.timing.peak_memory_mb`). Times are medians, ``*_min`` the minima.
 bf16 runs use ``torch.autocast`` with float32 parameters (mixed-precision training). The
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from cbsa_dense.benchmark.reference import ReferenceCBSA
-from cbsa_dense.benchmark.timing import peak_memory_mb, time_fn
+from cbsa_dense.benchmark.timing import peak_memory_mb, time_interleaved
 from cbsa_dense.layers import CBSAAttention, LinearAttention, SoftmaxAttention
 
 IMPLS = ("cbsa", "softmax", "linear", "cbsa_reference")
@@ -88,11 +89,17 @@ def bench_attention(tokens: Sequence[int] = (1024, 4096, 16384), dim: int = 384,
         grid = token_grid(n)
         diff = reference_max_abs_diff(dim, heads, n, rep_grid, device) if "cbsa_reference" in impls else None
         for dtype in dtypes:
+            cases = {}
             for impl in impls:
                 torch.manual_seed(0)
-                layer = build_layer(impl, dim, heads, rep_grid).to(device)
-                record = {"impl": impl, "tokens": n,
-                          **measure_layer(layer, batch, grid, dtype, device, warmup, repeats, memory),
+                cases[impl] = LayerCase(build_layer(impl, dim, heads, rep_grid).to(device), batch, grid, dtype, device)
+            fwd = time_interleaved({i: c.forward for i, c in cases.items()}, device, warmup, repeats)
+            fwd_bwd = time_interleaved({i: c.forward_backward for i, c in cases.items()}, device, warmup, repeats)
+            for impl, case in cases.items():
+                record = {"impl": impl, "tokens": n, "fwd_ms": round(fwd[impl].median_ms, 3),
+                          "fwd_bwd_ms": round(fwd_bwd[impl].median_ms, 3),
+                          "peak_mem_mb": _round(peak_memory_mb(case.forward_backward, device) if memory else None),
+                          "fwd_ms_min": round(fwd[impl].min_ms, 3), "fwd_bwd_ms_min": round(fwd_bwd[impl].min_ms, 3),
                           "dtype": str(dtype).removeprefix("torch."), "batch": batch, "dim": dim, "heads": heads,
                           "device": device.type}
                 if impl == "cbsa_reference":
@@ -101,30 +108,27 @@ def bench_attention(tokens: Sequence[int] = (1024, 4096, 16384), dim: int = 384,
     return records
 
 
-def measure_layer(layer: nn.Module, batch: int, grid: tuple[int, int], dtype: torch.dtype, device: torch.device,
-                  warmup: int = 1, repeats: int = 5, memory: bool = True) -> dict:
-    """Forward and forward+backward times (median, min) and peak memory of one layer on random tokens."""
-    dim = layer.proj.out_features
-    n = grid[0] * grid[1]
-    x = torch.randn(batch, n, dim, device=device, requires_grad=True)
-    grad = torch.randn(batch, n, dim, device=device)
+class LayerCase:
+    """One layer on fixed random tokens: ``forward`` (no grad) and ``forward_backward`` callables."""
 
-    def forward():
-        with torch.no_grad(), _autocast(device, dtype):
-            return layer(x, grid)
+    def __init__(self, layer: nn.Module, batch: int, grid: tuple[int, int], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        dim = layer.proj.out_features
+        n = grid[0] * grid[1]
+        self.layer, self.grid, self.dtype, self.device = layer, grid, dtype, device
+        self.x = torch.randn(batch, n, dim, device=device, requires_grad=True)
+        self.grad = torch.randn(batch, n, dim, device=device)
 
-    def forward_backward():
-        with _autocast(device, dtype):
-            out = layer(x, grid)
-        out.backward(grad.to(out.dtype))
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
+    def forward(self) -> torch.Tensor:
+        with torch.no_grad(), _autocast(self.device, self.dtype):
+            return self.layer(self.x, self.grid)
 
-    fwd = time_fn(forward, device, warmup, repeats)
-    fwd_bwd = time_fn(forward_backward, device, warmup, repeats)
-    return {"fwd_ms": round(fwd.median_ms, 3), "fwd_bwd_ms": round(fwd_bwd.median_ms, 3),
-            "peak_mem_mb": _round(peak_memory_mb(forward_backward, device) if memory else None),
-            "fwd_ms_min": round(fwd.min_ms, 3), "fwd_bwd_ms_min": round(fwd_bwd.min_ms, 3)}
+    def forward_backward(self) -> None:
+        with _autocast(self.device, self.dtype):
+            out = self.layer(self.x, self.grid)
+        out.backward(self.grad.to(out.dtype))
+        self.layer.zero_grad(set_to_none=True)
+        self.x.grad = None
 
 
 def _round(value: float | None) -> float | None:

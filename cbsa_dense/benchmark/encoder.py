@@ -6,7 +6,7 @@ Records (one per attention, image size and dtype)::
      "img_per_s": .., "peak_mem_mb": .., "gflops": .., "fwd_bwd_ms_min": .., "batch": B,
      "dtype": "float32" | "bfloat16", "device": "cpu"}
 
-``fwd_bwd_ms``: median forward + backward of a batch of ``s x s`` images (sum of the output map as the
+Attentions are timed round-robin per image size. ``fwd_bwd_ms``: median forward + backward of a batch of ``s x s`` images (sum of the output map as the
 loss); ``img_per_s = batch / fwd_bwd``; ``gflops``: forward GFLOPs per image (2 x multiply-accumulates,
 counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device, SDPA included).
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cbsa_dense.benchmark.timing import peak_memory_mb, time_fn
+from cbsa_dense.benchmark.timing import peak_memory_mb, time_interleaved
 from cbsa_dense.layers import CBSAAttention, LinearAttention, SoftmaxAttention
 from cbsa_dense.models.encoders import ViTEncoder
 
@@ -62,30 +62,41 @@ def bench_encoder(image_sizes: Sequence[int] = (512, 1024, 2048), attentions: Se
     records = []
     for size in image_sizes:
         for dtype in dtypes:
+            steps = {}
             for attention in attentions:
                 torch.manual_seed(0)
-                encoder = build_encoder(attention, size, **encoder_kwargs).to(device).train()
-                images = torch.randn(batch, 3, size, size, device=device)
-
-                def step(encoder=encoder, images=images, dtype=dtype):
-                    cast = (contextlib.nullcontext() if dtype == torch.float32
-                            else torch.autocast(device.type, dtype=dtype))
-                    with cast:
-                        out = encoder(images)[-1]
-                    out.float().sum().backward()
-                    encoder.zero_grad(set_to_none=True)
-
-                timing = time_fn(step, device, warmup, repeats)
-                tokens = math.ceil(size / encoder.patch_size) ** 2
+                steps[attention] = EncoderStep(build_encoder(attention, size, **encoder_kwargs).to(device).train(),
+                                               batch, size, dtype, device)
+            timings = time_interleaved({a: s.step for a, s in steps.items()}, device, warmup, repeats)
+            for attention, step in steps.items():
+                timing = timings[attention]
+                gflops = forward_gflops(attention, size, **encoder_kwargs) if flops else None
                 records.append({
-                    "attention": attention, "image_size": size, "tokens": tokens,
+                    "attention": attention, "image_size": size,
+                    "tokens": math.ceil(size / step.encoder.patch_size) ** 2,
                     "fwd_bwd_ms": round(timing.median_ms, 2),
                     "img_per_s": round(batch * 1e3 / timing.median_ms, 4),
-                    "peak_mem_mb": _round(peak_memory_mb(step, device) if memory else None),
-                    "gflops": float(f"{forward_gflops(attention, size, **encoder_kwargs):.4g}") if flops else None,
+                    "peak_mem_mb": _round(peak_memory_mb(step.step, device) if memory else None),
+                    "gflops": None if gflops is None else float(f"{gflops:.4g}"),
                     "fwd_bwd_ms_min": round(timing.min_ms, 2), "batch": batch,
                     "dtype": str(dtype).removeprefix("torch."), "device": device.type})
     return records
+
+
+class EncoderStep:
+    """One encoder on a fixed random batch; ``step()`` = forward + backward (sum of the last map as loss)."""
+
+    def __init__(self, encoder: ViTEncoder, batch: int, size: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.encoder, self.dtype, self.device = encoder, dtype, device
+        self.images = torch.randn(batch, 3, size, size, device=device)
+
+    def step(self) -> None:
+        cast = (contextlib.nullcontext() if self.dtype == torch.float32
+                else torch.autocast(self.device.type, dtype=self.dtype))
+        with cast:
+            out = self.encoder(self.images)[-1]
+        out.float().sum().backward()
+        self.encoder.zero_grad(set_to_none=True)
 
 
 def _round(value: float | None) -> float | None:

@@ -2,7 +2,7 @@
 
 Time: ``warmup`` untimed calls, then ``repeats`` timed calls (CUDA synchronized); the median and the
 minimum are reported. On a shared machine the minimum is the least disturbed run and the median the
-typical one.
+typical one. Implementations compared side by side are timed round-robin (:func:`time_interleaved`).
 
 Peak memory (``peak_mem_mb``): the extra memory one call needs above what was allocated before it:
 - CUDA: ``torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()`` around the call (tensor
@@ -70,6 +70,31 @@ def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", warmup
         _sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return Timing(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", warmup: int = 1,
+                     repeats: int = 5) -> dict[str, Timing]:
+    """Time several functions round-robin: each repeat calls every function once, in turn.
+
+    On a machine whose load changes over time this keeps their ratios fair: a busy spell slows one
+    repeat of every function instead of all repeats of one of them.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"time_interleaved needs repeats >= 1 and warmup >= 0, got repeats={repeats}, "
+                         f"warmup={warmup}")
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: Timing(t) for name, t in times.items()}
 
 
 _STATUS = Path("/proc/self/status")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cbsa_dense.benchmark.report import markdown_table, speedups
-from cbsa_dense.benchmark.timing import machine_info, peak_memory_mb, time_fn
+from cbsa_dense.benchmark.timing import machine_info, peak_memory_mb, time_fn, time_interleaved
 
 
 def test_time_fn_runs_warmup_and_repeats():
@@ -14,6 +14,13 @@ def test_time_fn_runs_warmup_and_repeats():
     assert 0 <= timing.min_ms <= timing.median_ms
     with pytest.raises(ValueError, match="repeats"):
         time_fn(lambda: None, repeats=0)
+
+
+def test_time_interleaved_runs_round_robin_after_warmup():
+    calls = []
+    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert set(timings) == {"a", "b"} and all(len(t.times_ms) == 3 for t in timings.values())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory reads /proc")
