@@ -60,20 +60,19 @@ def test_demo_config_twin_fit_validate_test_predict(tmp_path):
     assert report["mIoU"] == pytest.approx(best, abs=1e-6)
     assert [row["class"] for row in report["per_class"]] == ["sky", "ground", "disc", "box", "triangle", "ring"]
 
+    plain = tmp_path / "plain"                           # predict works on a plain folder of images
+    plain.mkdir()
+    (plain / "demo_00000.jpg").write_bytes((root / "images" / "validation" / "demo_00000.jpg").read_bytes())
+    Image.fromarray(np.full((30, 70, 3), 120, np.uint8)).save(plain / "odd_size.jpg")
     pred_dir = tmp_path / "pred"
-    run("predict", *common, "--ckpt_path", str(ckpt), "--model.init_args.predict_dir", str(pred_dir))
+    run("predict", *common, "--ckpt_path", str(ckpt), "--model.init_args.predict_dir", str(pred_dir),
+        "--data.init_args.predict_images", str(plain))
     labels = sorted((pred_dir / "labels").glob("*.png"))
-    assert [p.name for p in labels] == ["demo_00000.png", "demo_00001.png"]
+    assert [p.name for p in labels] == ["demo_00000.png", "odd_size.png"]
     values = np.asarray(Image.open(labels[0]))
     assert values.shape == (40, 56) and values.min() >= 1 and values.max() <= 6  # ADE convention: class + 1
+    assert np.asarray(Image.open(labels[1])).shape == (30, 70)                   # original size
     assert np.asarray(Image.open(pred_dir / "overlays" / "demo_00000.png")).shape == (40, 56, 3)
-
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    Image.fromarray(np.full((30, 70, 3), 120, np.uint8)).save(plain / "odd_size.jpg")
-    run("predict", *common, "--ckpt_path", str(ckpt), "--model.init_args.predict_dir", str(tmp_path / "pred2"),
-        "--data.init_args.predict_images", str(plain))
-    assert np.asarray(Image.open(tmp_path / "pred2" / "labels" / "odd_size.png")).shape == (30, 70)
 
 
 def make_folder_dataset(root: Path) -> dict:
