@@ -115,3 +115,12 @@ def test_image_size_mismatch_is_reported(tmp_path):
     dataset = COCODetectionDataset(coco, tmp_path / "img", [4, 9], DetectionTransform(64, train=False), train=True)
     with pytest.raises(COCOFormatError, match="a.png is 60x40 but its json entry"):
         dataset[0]
+
+
+def test_real_coco_annotations_pass_validation(shared_dir):
+    path = shared_dir / "data" / "coco_val2014_100" / "instances_val2014_100.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    data = json.loads(path.read_text())
+    clean, dropped = validate_coco(data, path)  # no image files there: the file check is skipped
+    assert not dropped and len(clean["annotations"]) == len(data["annotations"]) == 839
