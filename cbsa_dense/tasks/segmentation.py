@@ -51,7 +51,8 @@ class SegmentationTask(BaseTask):
             ``model``; missing / unexpected keys are logged.
         predict_dir: output folder of ``predict``; ``None`` = ``<log dir>/predictions``.
         overlay_alpha: opacity of the class colours in the overlays.
-        optimizer: default (``None``): the paper's SGD, momentum 0.9, lr 1e-3, weight decay 0.
+        optimizer: default (``None``): the paper's (Segmenter's) SGD, Nesterov momentum 0.9, lr 1e-3, weight
+            decay 0. ``torch.optim.AdamW`` with ``layer_decay`` (e.g. 0.65) is the usual alternative.
         lr_scheduler: default (``None``): polynomial decay, power 0.9, per iteration.
         weight_decay: see :class:`~cbsa_dense.tasks.base.BaseTask`.
         layer_decay: see :class:`~cbsa_dense.tasks.base.BaseTask`.
@@ -92,8 +93,8 @@ class SegmentationTask(BaseTask):
         return load_matching(self.model, state_dict, source=str(path))
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
-        """The paper's recipe (Segmenter's): SGD, momentum 0.9, lr 1e-3, no weight decay."""
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=0.0)
+        """The paper's recipe (Segmenter's): SGD, Nesterov momentum 0.9, lr 1e-3, no weight decay."""
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
