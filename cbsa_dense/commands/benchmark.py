@@ -37,7 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbsa-dense benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="cbsa-dense benchmark", description="Speed and memory benchmarks, implementations side by side in one process.")
     sub = parser.add_subparsers(dest="kind", required=True)
     attn = sub.add_parser("attention", help="one attention layer: CBSA vs softmax (SDPA) vs linear")
     attn.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.set_defaults(repeats=3)
     train = sub.add_parser("train", help="training steps/s and images/s of a config, and its loader alone",
                            description="Unknown arguments are passed to the config parser as overrides, "
-                                       "e.g. --data.batch_size 2.")
+                                       "e.g. --data.init_args.batch_size 2.")
     train.add_argument("--config", required=True, help="a `cbsa-dense fit` YAML config")
     train.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     train.add_argument("--warmup-steps", type=int, default=3, help="untimed steps (and loader batches) first")
