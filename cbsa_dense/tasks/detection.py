@@ -54,7 +54,9 @@ class DetectionTask(BaseTask):
                  freeze: list[str] | None = None) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
                          layer_decay=layer_decay, freeze=freeze)
-        self.save_hyperparameters()
+        # Output/eval settings stay out of the checkpoint's hyper-parameters: LightningCLI restores those
+        # over the command line on --ckpt_path, so a test run could not redirect its results otherwise.
+        self.save_hyperparameters(ignore=["results_dir", "mask_threshold"])
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold

@@ -79,8 +79,11 @@ def test_fit_validate_test_predict_through_cli(tmp_path, coco_root, head):
     assert "train_loss" in metrics and "val_map_50" in metrics
     assert main(["validate", "--config", config, "--ckpt_path", str(ckpt)]) == 0
 
-    cli = CBSADenseCLI(args=["test", "--config", config, "--ckpt_path", str(ckpt)])
-    results = json.loads((tmp_path / "results" / "test_results.json").read_text())
+    # output settings given on the command line win over the checkpoint's hyper-parameters
+    cli = CBSADenseCLI(args=["test", "--config", config, "--ckpt_path", str(ckpt),
+                             "--model.init_args.results_dir", str(tmp_path / "test_out")])
+    assert not (tmp_path / "results" / "test_results.json").exists()
+    results = json.loads((tmp_path / "test_out" / "test_results.json").read_text())
     assert results, "an untrained FCOS/Mask R-CNN still scores above 0.05 somewhere"
     gt_path = coco_root / "annotations" / "instances_val.json"
     gt_json = json.loads(gt_path.read_text())
