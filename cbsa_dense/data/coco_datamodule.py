@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from cbsa_dense.data.coco_dataset import COCODetectionDataset, COCOFormatError, collate_detection, load_coco
 from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from cbsa_dense.data.loaders import train_loader
 from cbsa_dense.data.seeding import seed_worker
 
 
@@ -132,7 +133,11 @@ class COCODetectionDataModule(LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        """Shuffled by a resumable, epoch-seeded sampler with per-sample seeded augmentation, so a run
+        killed mid-epoch resumes exactly (with :class:`~cbsa_dense.callbacks.ExactResume`)."""
+        dataset = self.datasets["train"]
+        return train_loader(dataset, self.batch_size, self.num_workers, collate_fn=collate_detection,
+                            drop_last=len(dataset) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.eval_batch_size)

@@ -8,6 +8,7 @@ the epoch, it can start at any position, and each sample's augmentation RNG is s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -88,13 +89,19 @@ class _EpochAwareSampler(ResumableSampler):
         self.dataset.set_epoch(epoch)
 
 
-def train_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0,
+def run_seed() -> int:
+    """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), else 0."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def train_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int | None = None,
                  collate_fn: Callable | None = None, drop_last: bool = True, pin_memory: bool = False) -> DataLoader:
     """A training DataLoader with a :class:`ResumableSampler` and per-sample seeded augmentation.
 
     Under DDP, Lightning wraps the sampler in a ``DistributedSamplerWrapper`` (each rank takes its share
-    of this sampler's order).
+    of this sampler's order). ``seed=None`` takes :func:`run_seed`.
     """
+    seed = run_seed() if seed is None else seed
     seeded = SeededAugmentation(dataset, seed)
     return DataLoader(seeded, batch_size=batch_size, sampler=_EpochAwareSampler(seeded, seed, shuffle=True),
                       num_workers=num_workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
