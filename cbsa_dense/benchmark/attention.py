@@ -6,8 +6,8 @@ Records (one per implementation, token count and dtype)::
      "peak_mem_mb": .., "fwd_ms_min": .., "fwd_bwd_ms_min": .., "dtype": "float32" | "bfloat16",
      "batch": B, "dim": d, "heads": h, "device": "cpu"}
 
-Implementations are timed round-robin (each repeat runs every one in turn), so load changes on a
-shared machine hit them alike. ``fwd_ms``: forward under ``torch.no_grad``; ``fwd_bwd_ms``: forward + backward to the input and all
+Implementations and both passes are timed round-robin (each repeat runs the forward and the
+forward+backward of every implementation in turn), so load changes on a shared machine hit them alike. ``fwd_ms``: forward under ``torch.no_grad``; ``fwd_bwd_ms``: forward + backward to the input and all
 parameters with a fixed random output gradient; ``peak_mem_mb``: extra memory of one forward + backward
 (:func:`~cbsa_dense.benchmark.timing.peak_memory_mb`). Times are medians, ``*_min`` the minima.
 bf16 runs use ``torch.autocast`` with float32 parameters (mixed-precision training). The
@@ -93,8 +93,11 @@ def bench_attention(tokens: Sequence[int] = (1024, 4096, 16384), dim: int = 384,
             for impl in impls:
                 torch.manual_seed(0)
                 cases[impl] = LayerCase(build_layer(impl, dim, heads, rep_grid).to(device), batch, grid, dtype, device)
-            fwd = time_interleaved({i: c.forward for i, c in cases.items()}, device, warmup, repeats)
-            fwd_bwd = time_interleaved({i: c.forward_backward for i, c in cases.items()}, device, warmup, repeats)
+            fns = {(i, "fwd"): c.forward for i, c in cases.items()}
+            fns.update({(i, "fwd_bwd"): c.forward_backward for i, c in cases.items()})
+            timings = time_interleaved(fns, device, warmup, repeats)
+            fwd = {i: timings[(i, "fwd")] for i in cases}
+            fwd_bwd = {i: timings[(i, "fwd_bwd")] for i in cases}
             for impl, case in cases.items():
                 record = {"impl": impl, "tokens": n, "fwd_ms": round(fwd[impl].median_ms, 3),
                           "fwd_bwd_ms": round(fwd_bwd[impl].median_ms, 3),

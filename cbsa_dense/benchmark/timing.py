@@ -23,7 +23,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +72,8 @@ def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", warmup
     return Timing(times)
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", warmup: int = 1,
-                     repeats: int = 5) -> dict[str, Timing]:
+def time_interleaved(fns: dict[Hashable, Callable[[], object]], device: torch.device | str = "cpu", warmup: int = 1,
+                     repeats: int = 5) -> dict[Hashable, Timing]:
     """Time several functions round-robin: each repeat calls every function once, in turn.
 
     On a machine whose load changes over time this keeps their ratios fair: a busy spell slows one
@@ -86,7 +86,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device 
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[Hashable, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
