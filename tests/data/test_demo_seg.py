@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cbsa_dense.data.demo_seg import DEMO_CLASSES, DemoSegDataModule, generate_demo_ade20k
@@ -45,8 +46,13 @@ def test_reused_unless_parameters_change(tmp_path):
 
 def test_datamodule_generates_on_setup_and_reduces_labels(tmp_path):
     dm = DemoSegDataModule(root=str(tmp_path / "demo"), num_train=2, num_val=1, image_size=(40, 56),
-                           crop_size=(32, 32), scale=(96, 40))
-    dm.setup("fit")
+                           crop_size=(32, 32), scale=(96, 40), num_threads=1)
+    before = torch.get_num_threads()
+    try:
+        dm.setup("fit")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     assert dm.num_classes == 6 and dm.class_names == list(DEMO_CLASSES) and dm.reduce_zero_label
     mask = dm.datasets["val"][0]["mask"]
     assert set(mask.unique().tolist()) <= set(range(6)) | {255} and (mask == 255).any()
@@ -58,8 +64,12 @@ def test_demo_config_reaches_miou_070_within_10_minutes(tmp_path, monkeypatch):
     from cbsa_dense.cli import main
 
     monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
     start = time.monotonic()
-    assert main(["fit", "--config", str(CONFIGS / "demo_seg.yaml"), "--trainer.enable_progress_bar", "false"]) == 0
+    try:
+        assert main(["fit", "--config", str(CONFIGS / "demo_seg.yaml"), "--trainer.enable_progress_bar", "false"]) == 0
+    finally:
+        torch.set_num_threads(before)
     minutes = (time.monotonic() - start) / 60
     run_dir = tmp_path / "runs" / "demo_seg" / "version_0"
     best = max(float(r["val_miou"]) for r in csv.DictReader((run_dir / "metrics.csv").open()) if r["val_miou"])

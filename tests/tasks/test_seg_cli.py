@@ -8,12 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cbsa_dense.cli import main
 from cbsa_dense.data.demo_seg import generate_demo_ade20k
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The demo config sets torch's thread count for its process; keep other tests unaffected."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def run(*args: str) -> None:
