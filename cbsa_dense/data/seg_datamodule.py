@@ -14,6 +14,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from cbsa_dense.data.loaders import train_loader
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
 from cbsa_dense.data.seg_labels import IGNORE_INDEX, default_palette
@@ -69,6 +70,7 @@ class SegDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
+        self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = SegTrainTransform(crop_size, scale, ratio_range, cat_max_ratio,
                                                  photometric=photometric, mean=mean, std=std)
         self.eval_transform = SegEvalTransform(eval_scale, mean=mean, std=std)
@@ -102,16 +104,21 @@ class SegDataModule(LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             self.datasets[split] = self.make_dataset(split)
-        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.val_batch_size,
-                          shuffle=train, drop_last=train and len(self.datasets[split]) > self.batch_size,
+        return DataLoader(self.datasets[split], batch_size=self.val_batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=seg_collate, worker_init_fn=seed_worker,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        """Shuffled by a resumable, epoch-seeded sampler with per-sample seeded augmentation, so a run
+        killed mid-epoch resumes exactly (with :class:`~cbsa_dense.callbacks.ExactResume`)."""
+        if "train" not in self.datasets:
+            self.datasets["train"] = self.make_dataset("train")
+        dataset = self.datasets["train"]
+        return train_loader(dataset, self.batch_size, self.num_workers, collate_fn=seg_collate,
+                            drop_last=len(dataset) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -92,10 +92,13 @@ def read_mask(path: str | Path, num_classes: int, reduce_zero: bool = False, ign
     bad = (mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))
     if bad.any():
         values = np.unique(mask[bad] + (1 if reduce_zero else 0))
+        unreduced = not reduce_zero and values.max() == num_classes and (mask == 0).any()
+        hint = ("; 0..C labels look un-reduced (0 = 'other', as in ADE20K): set reduce_zero_label=True"
+                if unreduced else "; the file is corrupt or num_classes is wrong")
         raise ValueError(f"mask {path} has values {values[:10].tolist()} outside the {num_classes} classes "
                          f"(valid: 0..{num_classes - (0 if reduce_zero else 1)}"
-                         f"{', 0 = ignored (reduce_zero_label)' if reduce_zero else ''}, ignore {ignore_index}); "
-                         f"the file is corrupt or num_classes is wrong")
+                         f"{', 0 = ignored (reduce_zero_label)' if reduce_zero else ''}, ignore {ignore_index})"
+                         f"{hint}")
     return mask
 
 
