@@ -32,12 +32,19 @@ class BaseTask(LightningModule):
             position embeddings, tokens and CBSA step sizes are never decayed).
         layer_decay: layer-wise lr decay factor over encoder blocks (e.g. 0.65), or ``None``.
         freeze: glob patterns of parameter names to freeze (e.g. ``["encoder.*"]``).
+        weights: weights-only initialization of ``model`` at the start of a fresh ``fit`` (not when
+            resuming with ``--ckpt_path``): a checkpoint of this project, a plain state dict, the authors'
+            released Segmenter or CBT checkpoints, or timm/DINOv2 ViT weights (encoder only). Missing,
+            unexpected and shape-mismatched keys are logged; mismatched ones (a head for another class
+            count) keep their fresh initialization.
     """
 
     def __init__(self, optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, weight_decay: float | None = None,
-                 layer_decay: float | None = None, freeze: list[str] | None = None) -> None:
+                 layer_decay: float | None = None, freeze: list[str] | None = None,
+                 weights: str | None = None) -> None:
         super().__init__()
+        self.weights = weights
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
         self.weight_decay = weight_decay
@@ -54,6 +61,16 @@ class BaseTask(LightningModule):
         if self.freeze_patterns and not frozen:
             raise ValueError(f"freeze patterns {self.freeze_patterns} match no parameter of {type(self).__name__}")
         return frozen
+
+    def load_weights(self, path: str):
+        """Weights-only initialization of ``self.model`` from ``path``; returns the load report."""
+        from cbsa_dense.models.weights import load_model_weights
+
+        return load_model_weights(self.model, path)
+
+    def on_fit_start(self) -> None:
+        if self.weights and self.trainer.ckpt_path is None:
+            self.load_weights(self.weights)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         info = dict(getattr(self, "data_info", None) or {})

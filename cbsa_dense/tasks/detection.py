@@ -45,15 +45,16 @@ class DetectionTask(BaseTask):
         weight_decay: see :class:`BaseTask`.
         layer_decay: layer-wise lr decay over encoder blocks (ViTDet: 0.7 for ViT-B).
         freeze: see :class:`BaseTask`.
+        weights: weights-only init at the start of ``fit`` (see :class:`BaseTask`).
     """
 
     def __init__(self, encoder: nn.Module, neck: NeckFactory, head: HeadFactory, num_classes: int,
                  mask_threshold: float = 0.5, results_dir: str | None = None,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = 0.7,
-                 freeze: list[str] | None = None) -> None:
+                 freeze: list[str] | None = None, weights: str | None = None) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
-                         layer_decay=layer_decay, freeze=freeze)
+                         layer_decay=layer_decay, freeze=freeze, weights=weights)
         # Output/eval settings stay out of the checkpoint's hyper-parameters: LightningCLI restores those
         # over the command line on --ckpt_path, so a test run could not redirect its results otherwise.
         self.save_hyperparameters(ignore=["results_dir", "mask_threshold"])

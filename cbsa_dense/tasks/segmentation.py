@@ -46,9 +46,6 @@ class SegmentationTask(BaseTask):
             ``model(images (B, 3, H, W)) -> logits (B, C, H, W)``, with a ``num_classes`` attribute.
         inference: evaluation inference; ``None`` = whole image, single scale. Not stored in checkpoints
             (give it again, e.g. in the config, when evaluating one).
-        pretrained: weights-only initialization from a file: a Segmenter-format checkpoint of the
-            paper's authors (converted), a Lightning checkpoint of this task, or a plain state dict of
-            ``model``; missing / unexpected keys are logged.
         predict_dir: output folder of ``predict``; ``None`` = ``<log dir>/predictions``.
         overlay_alpha: opacity of the class colours in the overlays.
         optimizer: default (``None``): the paper's (Segmenter's) SGD, Nesterov momentum 0.9, lr 1e-3, weight
@@ -57,14 +54,16 @@ class SegmentationTask(BaseTask):
         weight_decay: see :class:`~cbsa_dense.tasks.base.BaseTask`.
         layer_decay: see :class:`~cbsa_dense.tasks.base.BaseTask`.
         freeze: see :class:`~cbsa_dense.tasks.base.BaseTask`.
+        weights: weights-only init at the start of ``fit`` (see :class:`~cbsa_dense.tasks.base.BaseTask`),
+            including the authors' released Segmenter checkpoints.
     """
 
     def __init__(self, model: nn.Module, inference: SlidingWindowInference | None = None,
-                 pretrained: str | None = None, predict_dir: str | None = None, overlay_alpha: float = 0.5,
+                 predict_dir: str | None = None, overlay_alpha: float = 0.5,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = None,
-                 freeze: list[str] | None = None) -> None:
-        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze)
+                 freeze: list[str] | None = None, weights: str | None = None) -> None:
+        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights)
         # Output and evaluation settings are not stored: with ``--ckpt_path`` the checkpoint's stored
         # arguments override the command line, and these must stay choosable at validate/test/predict.
         ignore = ["inference", "predict_dir", "overlay_alpha"]
@@ -76,21 +75,7 @@ class SegmentationTask(BaseTask):
         self.overlay_alpha = overlay_alpha
         self.val_metrics = SegmentationMetrics(self.num_classes)
         self.test_metrics = SegmentationMetrics(self.num_classes)
-        if pretrained:
-            self.load_pretrained(pretrained)
         self.apply_freeze()
-
-    def load_pretrained(self, path: str):
-        """Weights-only initialization of ``model`` from ``path`` (see ``pretrained``); returns the report."""
-        from cbsa_dense.models.checkpoint import load_matching, read_state_dict
-        from cbsa_dense.models.official import convert_segmenter_state_dict, is_segmenter_state_dict
-
-        state_dict = read_state_dict(path)
-        if is_segmenter_state_dict(state_dict):
-            state_dict = convert_segmenter_state_dict(state_dict)
-        elif any(k.startswith("model.") for k in state_dict):
-            state_dict = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
-        return load_matching(self.model, state_dict, source=str(path))
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         """The paper's recipe (Segmenter's): SGD, Nesterov momentum 0.9, lr 1e-3, no weight decay."""

@@ -139,7 +139,9 @@ def test_task_starts_from_official_weights(tmp_path):
 
     sd = synthetic_release(tmp_path)
     variant = yaml.safe_load((tmp_path / "variant.yml").read_text())["net_kwargs"]
-    task = SegmentationTask(build_from_variant(variant, sd), pretrained=str(tmp_path / "checkpoint.pth"))
+    task = SegmentationTask(build_from_variant(variant, sd), weights=str(tmp_path / "checkpoint.pth"))
+    report = task.load_weights(task.weights)
+    assert not report.missing and not report.mismatched
     loaded = task.model.state_dict()
     assert torch.equal(loaded["head.layers.1.attn.qkv.weight"], sd["decoder.net.layers.1.fn.proj.weight"])
     assert torch.equal(loaded["encoder.blocks.0.mlp.fc1.weight"], sd["encoder.blocks.0.mlp.fc1.weight"])
