@@ -35,6 +35,26 @@ def _merge_heads(t: torch.Tensor, batch: int) -> torch.Tensor:
     return t.view(batch, bh // batch, n, p).transpose(1, 2).reshape(batch, n, bh // batch * p)
 
 
+def _token_major_buffer(like: torch.Tensor, batch: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, N, h*p) gradient buffer and the (B*h, N, p) view GEMMs write into.
+
+    With B = 1 the view is head-strided into the token-major buffer (GEMMs write with a leading
+    dimension of h*p, so no merge copy is needed); with B > 1 it is a separate contiguous buffer. Under
+    ``torch.compile`` (no strided ``out=`` in Dynamo) it is always the separate buffer.
+    """
+    bh, _, n = like.shape
+    heads = bh // batch
+    if batch == 1 and not torch.compiler.is_compiling():
+        buffer = like.new_empty(1, n, heads * head_dim)
+        return buffer, buffer.view(n, heads, head_dim).transpose(0, 1)
+    return like.new_empty(0), like.new_empty(bh, n, head_dim)
+
+
+def _merged(buffer: torch.Tensor, heads: torch.Tensor, batch: int) -> torch.Tensor:
+    """The (B, N, h*p) gradient from :func:`_token_major_buffer`'s pair after the GEMMs wrote ``heads``."""
+    return buffer if buffer.numel() else _merge_heads(heads, batch)
+
+
 class _Extraction(torch.autograd.Function):
     """``A = softmax_N(r k^T)`` (B, h, m, N) and ``G = A v`` (B, h, m, p), per head.
 
@@ -76,11 +96,13 @@ class _Extraction(torch.autograd.Function):
         d_logits = torch.ops.aten._softmax_backward_data(d_ext.to(acc), extraction.to(acc), -1,
                                                          acc).to(dtype)             # (B*h, m, N)
         d_r = torch.bmm(d_logits, kh).view(ctx.batch, -1, *r3.shape[1:]).to(ctx.r_dtype)
-        d_vh = torch.bmm(extraction.transpose(1, 2), d_gat)                          # (B*h, N, p)
-        if ctx.shared:
-            d_kv = d_vh.baddbmm_(d_logits.transpose(1, 2), r3)
-            return d_r, _merge_heads(d_kv, ctx.batch), None, None
+        if ctx.shared:                                      # d_kv = A^T dG + dL^T r, one buffer
+            d_kv, heads = _token_major_buffer(extraction, ctx.batch, r3.shape[-1])
+            torch.bmm(extraction.transpose(1, 2), d_gat, out=heads)
+            heads.baddbmm_(d_logits.transpose(1, 2), r3)
+            return d_r, _merged(d_kv, heads, ctx.batch), None, None
         d_kh = torch.bmm(d_logits.transpose(1, 2), r3)
+        d_vh = torch.bmm(extraction.transpose(1, 2), d_gat)                          # (B*h, N, p)
         return d_r, _merge_heads(d_kh, ctx.batch), _merge_heads(d_vh, ctx.batch), None
 
 
