@@ -40,7 +40,7 @@ class ExplainCallback(Callback):
         self.explain_batch(trainer, pl_module, batch)
 
     def explain_batch(self, trainer: Trainer, pl_module: LightningModule, batch: dict) -> list[Path]:
-        from cbsa_dense.interpret.capture import capture_extractions
+        from cbsa_dense.interpret.capture import capture_extractions, cbsa_layers
         from cbsa_dense.interpret.forward import forward_any, to_display
         from cbsa_dense.interpret.render import save_explanation
 
@@ -53,7 +53,10 @@ class ExplainCallback(Callback):
             with torch.no_grad(), capture_extractions(pl_module.model, self.layers) as records:
                 forward_any(pl_module.model, x)
             picture = to_display(image, getattr(trainer.datamodule, "mean", None), getattr(trainer.datamodule, "std", None))
-            for layer, record in zip(self.layers, records):
+            names = [name for name, _ in cbsa_layers(pl_module.model)]
+            by_name = {record.name: record for record in records}    # records come in forward order
+            for layer in self.layers:
+                record = by_name[names[layer]]
                 for head in self.heads:
                     path = out_dir / f"val{i}_layer{layer}_head{head}.png"
                     written.append(save_explanation(path, picture, record, 0, head))

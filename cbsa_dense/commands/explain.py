@@ -58,14 +58,15 @@ def main(argv: list[str]) -> int:
     layers = sorted(set(args.layers) | ({args.zero_shot_layer} if args.zero_shot_masks else set()))
     paths = list_images(args.images)[: args.max_images]
     out_dir = Path(args.output)
-    written, confusion = [], None
+    written, confusion, zero_shot_layer = [], None, None
     for path in tqdm(paths, desc="explain", disable=not sys.stderr.isatty()):
         image = read_rgb(path)
         x = to_model_input(image, mean, std)
         with torch.no_grad(), capture_extractions(task.model, layers) as records:
             output = forward_any(task.model, x)
         prediction = render_output(task.model, output, image, info.get("class_names"), info.get("palette"))
-        by_index = dict(zip(layers, records))
+        by_name = {record.name: record for record in records}       # records come in forward order
+        by_index = {layer: by_name[layer_names[layer]] for layer in layers}
         for layer in args.layers:
             record = by_index[layer]
             heads = record.extraction.shape[1]
@@ -79,13 +80,15 @@ def main(argv: list[str]) -> int:
                                  title=f"{path.name}: {record.name}, head {head}")
                 written.append(str(out_dir / name))
         if args.zero_shot_masks:
-            confusion = _zero_shot_update(confusion, by_index[args.zero_shot_layer], path, args.zero_shot_masks, info)
+            record = by_index[args.zero_shot_layer]
+            zero_shot_layer = record.name
+            confusion = _zero_shot_update(confusion, record, path, args.zero_shot_masks, info)
     result = {"checkpoint": args.ckpt_path, "cbsa_layers": layer_names, "written": written}
     if confusion is not None:
         from cbsa_dense.metrics.miou import scores_from_confusion
 
         scores = scores_from_confusion(confusion)
-        result["zero_shot"] = {"layer": layer_names[args.zero_shot_layer], "mIoU": _num(scores["miou"]),
+        result["zero_shot"] = {"layer": zero_shot_layer, "mIoU": _num(scores["miou"]),
                                "aAcc": _num(scores["aacc"]), "mAcc": _num(scores["macc"])}
     print(json.dumps(result, indent=1))
     return 0

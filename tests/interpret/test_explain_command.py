@@ -24,6 +24,17 @@ def test_explain_command_writes_pictures_and_zero_shot_score(seg_run, seg_ckpt, 
         assert Image.open(path).size[0] > 200
     assert result["cbsa_layers"][0] == "encoder.blocks.0.attn"
     assert 0.0 <= result["zero_shot"]["mIoU"] <= 1.0
+    assert result["zero_shot"]["layer"] == result["cbsa_layers"][-1]
+
+
+def test_zero_shot_uses_the_requested_layer(seg_run, seg_ckpt, tmp_path, capsys):
+    """Records arrive in forward order; the command must still pick the layer asked for."""
+    data = seg_run / "data"
+    main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(data / "images" / "validation"), "--output",
+          str(tmp_path), "--layers", "-1", "--zero-shot-layer", "0",
+          "--zero-shot-masks", str(data / "annotations" / "validation")])
+    result = json.loads(capsys.readouterr().out)
+    assert result["zero_shot"]["layer"] == "encoder.blocks.0.attn"
 
 
 def test_explain_rejects_bad_head_and_missing_images(seg_run, seg_ckpt, tmp_path, capsys):
