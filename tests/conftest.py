@@ -46,3 +46,20 @@ def seg_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def seg_ckpt(seg_run) -> Path:
     return next((seg_run / "runs").rglob("last.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def det_ckpt(tmp_path_factory) -> Path:
+    """A tiny demo-detection run (FCOS) trained through the real CLI for 2 steps."""
+    run = tmp_path_factory.mktemp("det_run")
+    threads = torch.get_num_threads()
+    try:
+        cli_main(["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"),
+                  "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
+                  "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
+                  "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",
+                  "--trainer.check_val_every_n_epoch", "1", "--trainer.default_root_dir", str(run / "runs"),
+                  "--trainer.logger.init_args.save_dir", str(run / "runs")])
+    finally:
+        torch.set_num_threads(threads)                   # the demo datamodule sets 1 thread
+    return next((run / "runs").rglob("last.ckpt"))

@@ -79,6 +79,9 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
     size = tuple(image_size or info.get("image_size") or (512, 512))
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image size must be two positive ints (H, W), got {size}")
+    encoder = getattr(task.model, "encoder", None)
+    if hasattr(encoder, "set_input_size"):
+        encoder.set_input_size(size)          # no position-embedding resampling inside the graph
     wrapper, kind = _wrap(task)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,12 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
-            torch.onnx.export(wrapper, (samples[0],), str(output), dynamo=True, input_names=["images"],
-                              external_data=False)
+            # Detection post-processing (top-k, NMS) has data-dependent shapes that torch.export rejects;
+            # the TorchScript-based exporter handles them (torchvision ships ONNX symbolics for its ops).
+            detection = kind == "detection"
+            torch.onnx.export(wrapper, (samples[0],), str(output), dynamo=not detection, input_names=["images"],
+                              output_names=["boxes", "scores", "labels"] if detection else ["logits"],
+                              opset_version=17 if detection else None, external_data=False)
         else:
             traced = torch.jit.trace(wrapper, samples[0], strict=False, check_trace=False)
             traced.save(str(output))

@@ -37,3 +37,12 @@ def test_parity_failure_is_reported(seg_ckpt, tmp_path, capsys):
     assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "torchscript", "--output",
                  str(tmp_path / "m2.pt"), "--image-size", "32", "32", "--tolerance", "-1"]) == 1
     assert "parity check failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_detection_checkpoint_with_parity(det_ckpt, tmp_path, fmt):
+    result = export_checkpoint(det_ckpt, tmp_path / f"det.{fmt}", fmt, (96, 128))
+    assert result.max_abs_diff <= 1e-4
+    sidecar = json.loads(result.sidecar_path.read_text())
+    assert sidecar["task"] == "detection" and sidecar["outputs"][0].startswith("boxes")
+    assert len(sidecar["category_ids"]) == 3 and len(sidecar["class_names"]) == 3

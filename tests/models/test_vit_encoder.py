@@ -141,3 +141,12 @@ def test_drop_path_is_stochastic_in_training_only():
 def test_bad_out_indices():
     with pytest.raises(ValueError, match="out_indices"):
         ViTEncoder(out_indices=(3,), **TINY)
+
+
+def test_set_input_size_equals_on_the_fly_resampling():
+    enc = ViTEncoder(img_size=64, attn_layer=CBSAAttention, **TINY).eval()
+    x = torch.randn(1, 3, 48, 96)
+    expected = enc(x)[0]
+    enc.set_input_size((48, 96))
+    assert enc.pos_embed.shape == (1, 1 + 3 * 6, 64) and tuple(enc.patch_embed.grid_size) == (3, 6)
+    torch.testing.assert_close(enc(x)[0], expected)

@@ -58,6 +58,21 @@ class TokenEncoder(nn.Module):
         """Recompute block activations in the backward pass (saves memory, costs ~1/3 more compute)."""
         self.grad_checkpointing = enable
 
+    def set_input_size(self, img_size: tuple[int, int]) -> None:
+        """Resample the position embedding to the grid of ``img_size`` (H, W) once, in place, so that
+        inputs of that size need no per-call resampling (faster inference, simpler exported graphs)."""
+        stride = self.patch_size
+        grid = (-(-int(img_size[0]) // stride), -(-int(img_size[1]) // stride))
+        old = tuple(self.patch_embed.grid_size)
+        if grid == old:
+            return
+        prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        with torch.no_grad():
+            resampled = resample_abs_pos_embed(self.pos_embed.data, new_size=grid, old_size=old,
+                                               num_prefix_tokens=prefix)
+        self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
+        self.patch_embed.grid_size = grid
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Add (resampled) position embeddings and prepend prefix tokens. x (B, H, W, C) -> (B, N, C)."""
         b, h, w, c = x.shape
