@@ -32,6 +32,8 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
+from cbsa_dense.data.coco_dataset import annotation_mask
+
 #: The 12 COCO summary numbers: our key -> torchmetrics' key (without the ``bbox_``/``segm_`` prefix).
 COCO_STATS: dict[str, str] = {
     "AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium",
@@ -83,17 +85,6 @@ class COCOMeanAveragePrecision(MeanAveragePrecision):
         result = self.compute() if result is None else result
         prefix = f"{iou_type}_" if len(self.iou_type) > 1 else ""
         return {ours: float(result[prefix + theirs]) for ours, theirs in COCO_STATS.items()}
-
-
-def _segm_to_mask(segm, height: int, width: int) -> np.ndarray:
-    """Polygons, uncompressed or compressed RLE -> (height, width) uint8 mask (pycocotools' annToMask)."""
-    if isinstance(segm, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    elif isinstance(segm.get("counts"), list):
-        rle = mask_utils.frPyObjects(segm, height, width)
-    else:
-        rle = segm
-    return mask_utils.decode(rle)
 
 
 def _stack_masks(masks: list[np.ndarray], height: int, width: int) -> Tensor:
@@ -150,8 +141,8 @@ def coco_to_metric_inputs(gt, results: list[dict], iou_type: IouType = "bbox", i
         }
         if iou_type == "segm":
             h, w = int(info["height"]), int(info["width"])
-            target["masks"] = _stack_masks([_segm_to_mask(a["segmentation"], h, w) for a in anns], h, w)
-            pred["masks"] = _stack_masks([_segm_to_mask(d["segmentation"], h, w) for d in dets], h, w)
+            target["masks"] = _stack_masks([annotation_mask(a["segmentation"], h, w) for a in anns], h, w)
+            pred["masks"] = _stack_masks([annotation_mask(d["segmentation"], h, w) for d in dets], h, w)
         yield [pred], [target]
 
 
