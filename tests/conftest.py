@@ -29,15 +29,16 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def seg_run(tmp_path_factory) -> Path:
-    """A tiny demo-segmentation run trained through the real CLI (1 epoch, 4 images), with the
-    explanation callback on (the demo config draws validation predictions too); its checkpoint serves the explain and export tests."""
+    """A tiny demo-segmentation run trained through the real CLI (1 epoch, 4 images), logged to
+    TensorBoard, with the explanation callback on (the demo config draws validation predictions too); its checkpoint serves the explain and export tests."""
     run = tmp_path_factory.mktemp("seg_run")
     cli_main(["fit", "--config", str(ROOT / "configs" / "demo_seg.yaml"),
               "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
               "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
               "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run / "runs"),
-              "--trainer.logger.init_args.save_dir", str(run / "runs"),
+              "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
+              "--trainer.logger.save_dir", str(run / "runs"), "--trainer.logger.name", "demo_seg",
               "--trainer.callbacks+", "cbsa_dense.callbacks.ExplainCallback",
               "--trainer.callbacks.every_n_epochs", "1", "--trainer.callbacks.layers", "[0, -1]"])
     return run
