@@ -45,3 +45,12 @@ def test_explain_rejects_bad_head_and_missing_images(seg_run, seg_ckpt, tmp_path
     with pytest.raises(FileNotFoundError, match="nowhere"):
         main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(tmp_path / "nowhere"),
               "--output", str(tmp_path)])
+
+
+def test_explain_a_detection_checkpoint(det_ckpt, tmp_path, capsys):
+    images = next(det_ckpt.parents[4].rglob("val"))              # the demo's generated validation images
+    assert main(["explain", "--ckpt_path", str(det_ckpt), "--images", str(images), "--max-images", "1",
+                 "--output", str(tmp_path), "--heads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cbsa_layers"] == [f"encoder.blocks.{i}.attn" for i in range(4)]
+    assert len(result["written"]) == 1 and Image.open(result["written"][0]).size[0] > 200
