@@ -14,7 +14,7 @@ class ExactResume(Callback):
     """Record how far into the epoch training got, and restart the sampler there on resume.
 
     Works with loaders built by :func:`cbsa_dense.data.loaders.train_loader` (epoch-seeded order,
-    per-sample seeded augmentation). The callback's state (epoch, samples consumed, torch RNG state
+    per-sample seeded augmentation), in single-process and DDP runs (each rank resumes its own shard). The callback's state (epoch, samples consumed, torch RNG state
     for dropout/drop-path) goes into every checkpoint; it is measured at the end of each training
     batch, so batches Lightning prefetched but did not train on are not counted. Combine with a
     ``ModelCheckpoint(every_n_train_steps=..., save_last=True)`` for frequent restart points.
@@ -30,7 +30,6 @@ class ExactResume(Callback):
     def _sampler(trainer: Trainer) -> ResumableSampler | None:
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        sampler = getattr(sampler, "sampler", sampler)       # DistributedSamplerWrapper keeps it inside
         return sampler if isinstance(sampler, ResumableSampler) else None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:

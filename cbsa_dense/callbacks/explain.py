@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from cbsa_dense.tasks.base import run_dir
+
 
 class ExplainCallback(Callback):
     """Every ``every_n_epochs`` validation epochs, explain the first ``num_images`` validation images.
@@ -46,7 +48,7 @@ class ExplainCallback(Callback):
 
         images = batch["image"]
         images = images[: self.num_images] if isinstance(images, torch.Tensor) else images[: self.num_images]
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "explain" / f"epoch{trainer.current_epoch:03d}"
+        out_dir = run_dir(trainer) / "explain" / f"epoch{trainer.current_epoch:03d}"
         written = []
         for i, image in enumerate(images):
             x = image[None].to(pl_module.device)

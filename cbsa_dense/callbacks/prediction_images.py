@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from cbsa_dense.tasks.base import run_dir
+
 
 class PredictionImages(Callback):
     """Every ``every_n_epochs`` validation epochs, draw the predictions for the first ``num_images``
@@ -43,14 +45,21 @@ class PredictionImages(Callback):
         datamodule = trainer.datamodule
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
         names, palette = getattr(datamodule, "class_names", None), getattr(datamodule, "palette", None)
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "val_predictions"
+        out_dir = run_dir(trainer) / "val_predictions"
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for i, image in enumerate(list(batch["image"])[: self.num_images]):
+        images = batch["image"][: self.num_images]
+        if isinstance(images, torch.Tensor):  # one forward for all: batch-1 GroupNorm fails on 1x1 maps
             with torch.no_grad():
-                output = forward_any(pl_module.model, image[None].to(pl_module.device))
+                output = forward_any(pl_module.model, images.to(pl_module.device))
+            drawn = [(image, output, i) for i, image in enumerate(images)]
+        else:                                 # variable-size evaluation batches come as lists
+            with torch.no_grad():
+                drawn = [(image, forward_any(pl_module.model, image[None].to(pl_module.device)), 0)
+                         for image in images]
+        for i, (image, output, index) in enumerate(drawn):
             picture = render_output(pl_module.model, output, to_display(image, mean, std), names, palette,
-                                    self.score_threshold)
+                                    self.score_threshold, index=index)
             path = out_dir / f"epoch{trainer.current_epoch:03d}_{i}.png"
             Image.fromarray(picture).save(path)
             written.append(path)

@@ -9,46 +9,48 @@ the epoch, it can start at any position, and each sample's augmentation RNG is s
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cbsa_dense.data.seeding import seed_transform, seed_worker
 
 
-class ResumableSampler(Sampler[int]):
-    """Epoch-seeded random permutation that can start mid-epoch.
+class ResumableSampler(DistributedSampler):
+    """Epoch-seeded random order (``seed + epoch``), sharded over DDP ranks, that can start mid-epoch.
+
+    A ``DistributedSampler`` (so Lightning uses it as is under DDP instead of wrapping it) that detects
+    the world size and rank itself, forwards ``set_epoch`` to a dataset that has one, and skips the
+    first ``start`` samples of its next pass (set by :class:`~cbsa_dense.callbacks.ExactResume`).
 
     Args:
-        num_samples: dataset length.
+        dataset: the (sized) dataset.
         seed: base seed (the run's ``seed_everything`` value is a good choice).
         shuffle: permute (training) or keep order.
+        num_replicas: world size (default: from ``torch.distributed``, else 1).
+        rank: this process's rank (default: from ``torch.distributed``, else 0).
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
+    def __init__(self, dataset: Sized, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch start."""
-        self.epoch = epoch
-
-    def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.num_samples))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator).tolist()
+        super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0                  # a resume offset applies to one pass only
-        return iter(self.order()[start:])
-
-    def __len__(self) -> int:
-        return self.num_samples
+        return iter(list(super().__iter__())[start:])
 
 
 class SeededAugmentation(Dataset):
@@ -77,18 +79,6 @@ class SeededAugmentation(Dataset):
         return getattr(self.dataset, name)
 
 
-class _EpochAwareSampler(ResumableSampler):
-    """Forwards ``set_epoch`` to the seeded dataset too (Lightning only tells the sampler)."""
-
-    def __init__(self, dataset: SeededAugmentation, seed: int, shuffle: bool) -> None:
-        super().__init__(len(dataset), seed, shuffle)
-        self.dataset = dataset
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
-
-
 def run_seed() -> int:
     """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), else 0."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -98,11 +88,11 @@ def train_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, seed: 
                  collate_fn: Callable | None = None, drop_last: bool = True, pin_memory: bool = False) -> DataLoader:
     """A training DataLoader with a :class:`ResumableSampler` and per-sample seeded augmentation.
 
-    Under DDP, Lightning wraps the sampler in a ``DistributedSamplerWrapper`` (each rank takes its share
-    of this sampler's order). ``seed=None`` takes :func:`run_seed`.
+    Under DDP each rank reads its shard of the same epoch order (the sampler is a ``DistributedSampler``).
+    ``seed=None`` takes :func:`run_seed`.
     """
     seed = run_seed() if seed is None else seed
     seeded = SeededAugmentation(dataset, seed)
-    return DataLoader(seeded, batch_size=batch_size, sampler=_EpochAwareSampler(seeded, seed, shuffle=True),
+    return DataLoader(seeded, batch_size=batch_size, sampler=ResumableSampler(seeded, seed),
                       num_workers=num_workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
                       worker_init_fn=seed_worker, persistent_workers=False)

@@ -8,6 +8,7 @@ task only decides which parameters go into which group.
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
@@ -123,3 +124,14 @@ def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def run_dir(trainer) -> Path:
+    """The run's log directory, WITHOUT a collective call.
+
+    ``Trainer.log_dir`` broadcasts from rank 0, so calling it from code that only rank 0 runs (picture
+    callbacks, rank-zero reports) deadlocks under DDP. Only rank 0 writes into the directory.
+    """
+    logger = trainer.logger
+    directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) if logger else None
+    return Path(directory or trainer.default_root_dir)

@@ -23,7 +23,7 @@ from cbsa_dense.data.seg_labels import (
     write_label_png,
 )
 from cbsa_dense.metrics.miou import SegmentationMetrics
-from cbsa_dense.tasks.base import BaseTask
+from cbsa_dense.tasks.base import BaseTask, run_dir
 from cbsa_dense.tasks.sliding_window import SlidingWindowInference
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class SegmentationTask(BaseTask):
                 for name, iou, acc in zip(names, scores["iou"].tolist(), scores["acc"].tolist())]
         report = {"mIoU": _nan_to_none(scores["miou"].item()), "aAcc": _nan_to_none(scores["aacc"].item()),
                   "mAcc": _nan_to_none(scores["macc"].item()), "per_class": rows}
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir = run_dir(self.trainer)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "test_per_class_iou.json").write_text(json.dumps(report, indent=1))
         from rich.console import Console

@@ -56,13 +56,29 @@ def _params(model):
 
 
 def test_sampler_order_depends_only_on_seed_and_epoch():
-    a, b = ResumableSampler(10, seed=3), ResumableSampler(10, seed=3)
+    a, b = ResumableSampler(range(10), seed=3), ResumableSampler(range(10), seed=3)
     a.set_epoch(2)
     b.set_epoch(2)
     b.start = 4
     assert list(b) == list(a)[4:] and list(b) == list(a)                 # offset applies to one pass only
     a.set_epoch(3)
     assert list(a) != list(b)
+
+
+def test_ranks_share_one_epoch_order_and_the_dataset_hears_the_epoch():
+    class _Data(list):
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    data = _Data(range(10))
+    ranks = [ResumableSampler(data, seed=1, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(4)
+    assert data.epoch == 4
+    shards = [list(s) for s in ranks]
+    assert sorted(shards[0] + shards[1]) == list(range(10)) and len(shards[0]) == 5
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path):
