@@ -26,10 +26,11 @@ def test_test_with_only_the_data_config(seg_run, seg_ckpt, tmp_path):
     assert 0.0 <= report["mIoU"] <= 1.0 and len(report["per_class"]) == 6
 
 
-def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt):
+def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path):
     images, masks = seg_run / "data" / "images" / "validation", seg_run / "data" / "annotations" / "validation"
     with pytest.raises(ValueError, match=r"num_classes=3 .* 6 classes"):
         main(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.seg_folder.SegFolderDataModule",
               "--data.train_images", str(images), "--data.train_masks", str(masks),
               "--data.val_images", str(images), "--data.val_masks", str(masks), "--data.validate_labels", "false",
-              "--data.class_names", "[a, b, c]", "--trainer.logger", "false"])
+              "--data.class_names", "[a, b, c]", "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path)])
