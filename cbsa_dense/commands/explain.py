@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from cbsa_dense.data.seg_labels import read_image
     from cbsa_dense.interpret.capture import capture_extractions, cbsa_layers
     from cbsa_dense.interpret.forward import forward_any, render_output
-    from cbsa_dense.interpret.inputs import list_images, read_rgb, to_model_input
+    from cbsa_dense.interpret.inputs import list_images, to_model_input
     from cbsa_dense.interpret.render import pixel_token, save_explanation
     from cbsa_dense.tasks.loading import load_task
 
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> int:
     out_dir = Path(args.output)
     written, confusion, zero_shot_layer = [], None, None
     for path in tqdm(paths, desc="explain", disable=not sys.stderr.isatty()):
-        image = read_rgb(path)
+        image = read_image(path)
         x = to_model_input(image, mean, std)
         with torch.no_grad(), capture_extractions(task.model, layers) as records:
             output = forward_any(task.model, x)

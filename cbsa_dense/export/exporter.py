@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbsa_dense.export.wrappers import DeployedDetector, DeployedSegmenter
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
+
+from cbsa_dense.interpret.inputs import unit_mean_std
 
 
 class _Normalized(nn.Module):
     def __init__(self, model: nn.Module, mean, std) -> None:
         super().__init__()
         self.model = model
-        mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        if mean.max() > 1.0 or std.max() > 1.0:              # given in [0, 255] units
-            mean, std = mean / 255.0, std / 255.0
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        mean, std = unit_mean_std(mean, std)                  # given in [0, 1] or [0, 255] units
+        self.register_buffer("mean", mean[None])
+        self.register_buffer("std", std[None])
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images - self.mean) / self.std

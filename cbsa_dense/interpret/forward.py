@@ -61,9 +61,10 @@ def to_display(image: torch.Tensor, mean=None, std=None) -> np.ndarray:
     """Normalized (3, H, W) tensor -> (H, W, 3) uint8 (min-max scaled when mean/std are unknown)."""
     x = image.detach().float().cpu()
     if mean is not None and std is not None:
-        scale = 255.0 if max(max(mean), max(std)) > 1.0 else 1.0
-        x = x * torch.tensor(std, dtype=torch.float32).view(3, 1, 1) / scale
-        x = x + torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / scale
+        from cbsa_dense.interpret.inputs import unit_mean_std
+
+        mean, std = unit_mean_std(mean, std)
+        x = x * std + mean
     else:
         x = (x - x.min()) / (x.max() - x.min() + 1e-6)
     return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()

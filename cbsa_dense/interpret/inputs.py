@@ -1,4 +1,4 @@
-"""Read images for explanation and put them in the model's input convention."""
+"""Collect images for explanation and put them in the model's input convention (reading: ``read_image``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from cbsa_dense.data.seg_dataset import IMAGE_SUFFIXES
 
 
 def list_images(sources: list[str]) -> list[Path]:
@@ -31,20 +30,17 @@ def list_images(sources: list[str]) -> list[Path]:
     return paths
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8; a corrupt or truncated file raises ``ValueError`` naming it."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+def unit_mean_std(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalization constants as (3, 1, 1) float tensors in [0, 1] pixel units (given in [0, 1] or [0, 255])."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    if mean.max() > 1.0 or std.max() > 1.0:
+        mean, std = mean / 255.0, std / 255.0
+    return mean, std
 
 
 def to_model_input(image: np.ndarray, mean, std) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float, normalized; mean/std given in [0, 1] or [0, 255] units."""
-    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    if mean.max() > 1.0 or std.max() > 1.0:
-        mean, std = mean / 255.0, std / 255.0
-    x = image.transpose(2, 0, 1).astype(np.float32) / 255.0
-    return torch.from_numpy((x - mean) / std)[None]
+    mean, std = unit_mean_std(mean, std)
+    x = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    return ((x - mean) / std)[None]
