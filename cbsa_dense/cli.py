@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
+from cbsa_dense.errors import OutputError, UserError, user_message
 
 #: Extra subcommands: name -> (module with ``main(argv)``, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,12 +37,68 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class CBSADenseCLI(LightningCLI):
-    """LightningCLI with the project's defaults (subclass mode, config saving with overwrite)."""
+    """LightningCLI with the project's defaults (subclass mode, config saving with overwrite).
 
-    def __init__(self, *args, **kwargs) -> None:
+    Before any work starts it checks that the run's output locations can be written, and that
+    ``predict`` would not overwrite earlier predictions (``overwrite=True``, the ``--overwrite`` flag,
+    allows it). Every ``fit`` gets a :class:`~cbsa_dense.callbacks.PreemptionCheckpoint`.
+    """
+
+    def __init__(self, *args, overwrite: bool = False, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self.overwrite = overwrite
         super().__init__(LightningModule, LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
+
+    def _check_ckpt_path(self) -> None:
+        """A bad ``--ckpt_path`` (missing, a directory, truncated, foreign, another task's) fails here with
+        one line, before Lightning reads it."""
+        from cbsa_dense.models.checkpoint import check_ckpt_path
+
+        check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.model)
+
+    def _check_outputs(self) -> None:
+        self._check_ckpt_path()          # inputs first: nothing is created for a run that cannot start
+        check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
+        for logger in self.trainer.loggers:
+            save_dir = getattr(logger, "save_dir", None)
+            if save_dir:
+                check_writable(save_dir, f"the {type(logger).__name__}'s save_dir")
+        for callback in self.trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                check_writable(callback.dirpath, "the ModelCheckpoint dirpath")
+
+    def before_fit(self) -> None:
+        self._check_outputs()
+        self.trainer.callbacks.append(PreemptionCheckpoint())
+
+    def before_validate(self) -> None:
+        self._check_outputs()
+
+    def before_test(self) -> None:
+        self._check_outputs()
+
+    def before_predict(self) -> None:
+        self._check_outputs()
+        outputs = getattr(self.model, "prediction_outputs", lambda: [])()
+        for path in map(Path, outputs):
+            existing = list(path.iterdir()) if path.is_dir() else [path] if path.exists() else []
+            if existing and not self.overwrite:
+                raise OutputError(f"{path} already holds predictions ({len(existing)} entries); pass --overwrite "
+                                  "to replace them, or write to another folder")
+            check_writable(path if path.is_dir() or not path.suffix else path.parent, "the prediction output")
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """Create ``directory`` if needed and make sure a file can be written there (OutputError if not)."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cbsa-dense-write-test-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write {what} {path}: {error.strerror or error}; choose a writable location") \
+            from error
 
 
 def _model_from_checkpoint(argv: list[str]) -> list[str]:
@@ -56,11 +119,11 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
         config = values.get(flag)
         if config and Path(config).is_file() and "model" in (yaml.safe_load(Path(config).read_text()) or {}):
             return argv
-    if not ckpt or not Path(ckpt).is_file():
+    if not ckpt or ckpt.split(":")[0] in ("best", "last", "hpc", "registry") or "://" in ckpt:
         return argv
-    import torch
+    from cbsa_dense.models.checkpoint import read_checkpoint
 
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}
     class_path = hparams.get("_class_path")
     if not class_path:
         return argv
@@ -74,10 +137,54 @@ def _print_extra_help() -> None:
     print("\n".join(lines))
 
 
+#: Environment variable that, when set to a non-empty value other than ``0``, shows tracebacks of user errors.
+TRACEBACK_ENV = "CBSA_DENSE_TRACEBACK"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cbsa-dense`` console script."""
+    """Entry point of the ``cbsa-dense`` console script.
+
+    A :class:`~cbsa_dense.errors.UserError` (a problem detected in the user's input) is printed as one
+    line, ``cbsa-dense <subcommand>: error: <message>``, and the exit status is 2; ``--traceback`` (any
+    position) or ``CBSA_DENSE_TRACEBACK=1`` re-raises it with its traceback. Other exceptions are bugs
+    and propagate unchanged.
+    """
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    subcommand = argv[0] if argv and not argv[0].startswith("-") else ""
+    overwrite = subcommand == "predict" and "--overwrite" in argv
+    argv = [a for a in argv if a != "--traceback" and not (overwrite and a == "--overwrite")]
+    try:
+        return _run(argv, from_console, overwrite)
+    except SIGTERMException:
+        return 128 + signal.SIGTERM                     # the checkpoint path was printed by PreemptionCheckpoint
+    except Exception as error:
+        cause = _user_error_in_chain(error)
+        if cause is None or show_traceback:
+            raise
+        prefix = f"cbsa-dense {subcommand}".rstrip()
+        print(f"{prefix}: error: {user_message(cause)}", file=sys.stderr)
+        return 2
+
+
+def _user_error_in_chain(error: BaseException) -> UserError | None:
+    """The UserError behind ``error``: itself, or the explicit cause (``raise ... from``) of a wrapper.
+
+    jsonargparse reports a failed constructor of a ``class_path`` as "Does not validate against any of
+    the Union subtypes", raised from the constructor's exception. Only explicit causes are followed: an
+    exception raised while *handling* a user error is a bug and keeps its traceback.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
+
+
+def _run(argv: list[str], from_console: bool, overwrite: bool = False) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
@@ -91,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit:
             _print_extra_help()
             raise
-    CBSADenseCLI(args=args)
+    CBSADenseCLI(args=args, overwrite=overwrite)
     return 0
 
 

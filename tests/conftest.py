@@ -64,3 +64,20 @@ def det_ckpt(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)                   # the demo datamodule sets 1 thread
     return next((run / "runs").rglob("last.ckpt"))
+
+
+def cli_user_error(argv: list[str], capsys) -> str:
+    """Run the real ``cbsa-dense`` entry point, assert it stops on a user error the way users see it
+    (exit status 2, exactly one line on stderr ``cbsa-dense <sub>: error: ...``, no traceback), and
+    return that line."""
+    capsys.readouterr()
+    status = cli_main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    error_lines = [line for line in lines if ": error: " in line]
+    assert status == 2, f"exit status {status}; stderr:\n{err}"
+    assert "Traceback" not in err + out, err
+    assert len(error_lines) == 1, err
+    subcommand = argv[0] if argv and not argv[0].startswith("-") else ""
+    assert error_lines[0].startswith(f"cbsa-dense {subcommand}".rstrip() + ": error: "), error_lines[0]
+    return error_lines[0]

@@ -5,6 +5,7 @@ from cbsa_dense.callbacks.exact_resume import ExactResume
 from cbsa_dense.callbacks.explain import ExplainCallback
 from cbsa_dense.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 from cbsa_dense.callbacks.prediction_images import PredictionImages
+from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
 
 __all__ = ["CompileEncoder", "ExactResume", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError",
-           "PredictionImages"]
+           "PredictionImages", "PreemptionCheckpoint"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from cbsa_dense.errors import ConfigError
+
 
 def find_encoder(pl_module: LightningModule):
     """The task's encoder: ``task.model.encoder`` or ``task.encoder``; ``None`` if there is none."""
@@ -34,6 +36,6 @@ class CompileEncoder(Callback):
             return
         encoder = find_encoder(pl_module)
         if encoder is None:
-            raise ValueError(f"CompileEncoder: {type(pl_module).__name__} has no 'model.encoder' or 'encoder'")
+            raise ConfigError(f"CompileEncoder: {type(pl_module).__name__} has no 'model.encoder' or 'encoder'")
         encoder.compile(**self.kwargs)
         self.compiled = True

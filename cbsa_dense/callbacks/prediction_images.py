@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.tasks.base import run_dir
 
 
@@ -26,7 +27,7 @@ class PredictionImages(Callback):
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 4, score_threshold: float = 0.3) -> None:
         if every_n_epochs < 1 or num_images < 1:
-            raise ValueError(f"every_n_epochs and num_images must be >= 1, got {every_n_epochs}, {num_images}")
+            raise ConfigError(f"every_n_epochs and num_images must be >= 1, got {every_n_epochs}, {num_images}")
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.score_threshold = score_threshold

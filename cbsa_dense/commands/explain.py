@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
+from cbsa_dense.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def _zero_shot_update(confusion, record, image_path: Path, mask_dir: str, info: 
         raise FileNotFoundError(f"no ground-truth mask {mask_path} for image {image_path}")
     mask = torch.from_numpy(np.asarray(Image.open(mask_path)).astype(np.int64))
     if mask.ndim != 2:
-        raise ValueError(f"{mask_path}: expected a single-channel label PNG, got shape {tuple(mask.shape)}")
+        raise DataError(f"{mask_path}: expected a single-channel label PNG, got shape {tuple(mask.shape)}")
     ignore = int(info.get("ignore_index", 255))
     if info.get("reduce_zero_label"):
         mask = torch.where(mask == 0, torch.full_like(mask, ignore), mask - 1)

@@ -18,6 +18,8 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cbsa_dense.errors import ConfigError
+
 
 def build_model_from_config(config: dict) -> nn.Module:
     """Instantiate the ``model`` section (a ``class_path`` / ``init_args`` tree) of a training config."""
@@ -25,7 +27,7 @@ def build_model_from_config(config: dict) -> nn.Module:
     from lightning.pytorch import LightningModule
 
     if "model" not in config:
-        raise ValueError("the config has no 'model' section")
+        raise ConfigError("the config has no 'model' section")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model")
     cfg = parser.parse_object({"model": config["model"]})

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.export.wrappers import DeployedDetector, DeployedSegmenter
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,12 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
     from cbsa_dense.tasks.loading import load_task
 
     if fmt not in ("onnx", "torchscript"):
-        raise ValueError(f"unknown export format {fmt!r}; choose 'onnx' or 'torchscript'")
+        raise ConfigError(f"unknown export format {fmt!r}; choose 'onnx' or 'torchscript'")
     task = load_task(ckpt_path)
     info = dict(getattr(task, "data_info", None) or {})
     size = tuple(image_size or info.get("image_size") or (512, 512))
     if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image size must be two positive ints (H, W), got {size}")
+        raise ConfigError(f"image size must be two positive ints (H, W), got {size}")
     encoder = getattr(task.model, "encoder", None)
     if hasattr(encoder, "set_input_size"):
         encoder.set_input_size(size)          # no position-embedding resampling inside the graph

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers.cbsa_attention import CBSAAttention
 
 
@@ -78,12 +79,12 @@ def capture_extractions(model: nn.Module, layers: Sequence[int] | None = None) -
     """
     found = cbsa_layers(model)
     if not found:
-        raise ValueError(f"{type(model).__name__} has no CBSA attention layer to explain")
+        raise ConfigError(f"{type(model).__name__} has no CBSA attention layer to explain")
     if layers is not None:
         try:
             found = [found[i] for i in layers]
         except IndexError as err:
-            raise ValueError(f"layer indices {list(layers)} out of range: the model has {len(cbsa_layers(model))} "
+            raise ConfigError(f"layer indices {list(layers)} out of range: the model has {len(cbsa_layers(model))} "
                              f"CBSA layers") from err
     records: list[CapturedExtraction] = []
     handles = []

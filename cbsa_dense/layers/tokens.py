@@ -1,4 +1,5 @@
 """Token-layout helpers shared by the attention layers.
+from cbsa_dense.errors import ConfigError
 
 Token sequences are ``[prefix tokens] + [H*W patch tokens, row-major] + [suffix tokens]`` (prefix: CLS,
 registers; suffix: e.g. a decoder's class embeddings). Layers receive the patch grid ``(H, W)`` and the
@@ -28,8 +29,8 @@ def resolve_head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
     """``head_dim`` if given, else ``dim // num_heads`` (which must divide exactly)."""
     if head_dim is not None:
         if head_dim < 1:
-            raise ValueError(f"head_dim must be positive, got {head_dim}")
+            raise ConfigError(f"head_dim must be positive, got {head_dim}")
         return head_dim
     if dim % num_heads:
-        raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly")
+        raise ConfigError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly")
     return dim // num_heads

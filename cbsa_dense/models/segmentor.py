@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
+
 
 class Segmentor(nn.Module):
     """Encoder -> (neck) -> head -> bilinear upsampling to the input size.
@@ -34,7 +36,7 @@ class Segmentor(nn.Module):
         channels = getattr(source, "out_channels", None)
         strides = getattr(source, "out_strides", None)
         if channels is None or strides is None:
-            raise ValueError(f"{type(source).__name__} must declare out_channels and out_strides")
+            raise ConfigError(f"{type(source).__name__} must declare out_channels and out_strides")
         if hasattr(head, "check_inputs"):
             head.check_inputs(list(channels))
         self.num_classes = head.num_classes

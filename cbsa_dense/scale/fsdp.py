@@ -7,6 +7,8 @@ import importlib
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
+
 #: Block classes FSDP wraps one by one (import paths, resolved lazily so heads stay optional).
 BLOCK_TYPES = (
     "cbsa_dense.layers.block.Block",
@@ -22,7 +24,7 @@ def transformer_block_types(extra: list[str] | None = None) -> set[type[nn.Modul
         try:
             types.add(getattr(importlib.import_module(module_name), cls_name))
         except (ImportError, AttributeError) as err:
-            raise ValueError(f"FSDP block type {path!r} cannot be imported: {err}") from err
+            raise ConfigError(f"FSDP block type {path!r} cannot be imported: {err}") from err
     return types
 
 

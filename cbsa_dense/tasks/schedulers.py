@@ -13,12 +13,14 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from cbsa_dense.errors import ConfigError
+
 
 class _WarmupSchedule(LambdaLR):
     def __init__(self, optimizer: Optimizer, total_iters: int | None, warmup_iters: int,
                  warmup_ratio: float) -> None:
         if warmup_iters < 0 or not 0.0 <= warmup_ratio <= 1.0:
-            raise ValueError(f"warmup_iters must be >= 0 and warmup_ratio in [0, 1], got "
+            raise ConfigError(f"warmup_iters must be >= 0 and warmup_ratio in [0, 1], got "
                              f"{warmup_iters} and {warmup_ratio}")
         self.total_iters = total_iters
         self.warmup_iters = warmup_iters
@@ -82,7 +84,7 @@ class WarmupStepLR(_WarmupSchedule):
     def __init__(self, optimizer: Optimizer, milestones: tuple[float, ...] = (0.89, 0.96), gamma: float = 0.1,
                  total_iters: int | None = None, warmup_iters: int = 250, warmup_ratio: float = 1e-3) -> None:
         if any(not 0.0 < m < 1.0 for m in milestones):
-            raise ValueError(f"milestones are fractions of the run in (0, 1), got {milestones}")
+            raise ConfigError(f"milestones are fractions of the run in (0, 1), got {milestones}")
         self.milestones = tuple(sorted(milestones))
         self.gamma = gamma
         super().__init__(optimizer, total_iters, warmup_iters, warmup_ratio)

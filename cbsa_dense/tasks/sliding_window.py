@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from cbsa_dense.errors import ConfigError
+
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -30,15 +32,15 @@ class SlidingWindowInference:
     def __init__(self, window: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
                  scales: Sequence[float] = (1.0,), flip: bool = False, window_batch: int = 4) -> None:
         if window is not None and (len(window) != 2 or min(window) < 1):
-            raise ValueError(f"window must be (height, width) > 0, got {window}")
+            raise ConfigError(f"window must be (height, width) > 0, got {window}")
         self.window = tuple(window) if window is not None else None
         if stride is None and window is not None:
             stride = (max(1, (2 * window[0]) // 3), max(1, (2 * window[1]) // 3))
         if stride is not None and (len(stride) != 2 or min(stride) < 1):
-            raise ValueError(f"stride must be (height, width) > 0, got {stride}")
+            raise ConfigError(f"stride must be (height, width) > 0, got {stride}")
         self.stride = tuple(stride) if stride is not None else None
         if not scales or min(scales) <= 0:
-            raise ValueError(f"scales must be positive ratios, got {scales}")
+            raise ConfigError(f"scales must be positive ratios, got {scales}")
         self.scales = tuple(scales)
         self.flip = flip
         self.window_batch = window_batch

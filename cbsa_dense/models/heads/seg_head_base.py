@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
+
 
 class SegHead(nn.Module):
     """Base of segmentation heads.
@@ -28,18 +30,18 @@ class SegHead(nn.Module):
         self.in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
         if len(self.in_channels) != len(self.in_index):
-            raise ValueError(f"{type(self).__name__}: in_channels {self.in_channels} and in_index "
+            raise ConfigError(f"{type(self).__name__}: in_channels {self.in_channels} and in_index "
                              f"{self.in_index} must have the same length")
         if num_classes < 1:
-            raise ValueError(f"{type(self).__name__}: num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"{type(self).__name__}: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
 
     def check_inputs(self, channels: Sequence[int]) -> None:
         """Raise if the encoder outputs (``channels``, one per level) do not match the head's inputs."""
         for index, expected in zip(self.in_index, self.in_channels):
             if not -len(channels) <= index < len(channels):
-                raise ValueError(f"{type(self).__name__} reads encoder output {index} but the encoder has "
+                raise ConfigError(f"{type(self).__name__} reads encoder output {index} but the encoder has "
                                  f"{len(channels)} outputs (out_channels={list(channels)})")
             if channels[index] != expected:
-                raise ValueError(f"{type(self).__name__} expects {expected} channels at encoder output {index} "
+                raise ConfigError(f"{type(self).__name__} expects {expected} channels at encoder output {index} "
                                  f"(in_channels) but the encoder gives {channels[index]}")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.models.heads.seg_head_base import SegHead
 
 
@@ -41,7 +42,7 @@ class UPerHead(SegHead):
         super().__init__()
         self._set_inputs(list(in_channels), list(in_index), num_classes)
         if scales is not None and len(scales) != len(self.in_channels):
-            raise ValueError(f"UPerHead: {len(scales)} scales for {len(self.in_channels)} levels")
+            raise ConfigError(f"UPerHead: {len(scales)} scales for {len(self.in_channels)} levels")
         self.scales = list(scales) if scales is not None else None
         self.pool_scales = list(pool_scales)
         top = self.in_channels[-1]
