@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from cbsa_dense.callbacks.picture_log import log_picture
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.tasks.base import run_dir
 
@@ -16,7 +17,7 @@ class ExplainCallback(Callback):
     """Every ``every_n_epochs`` validation epochs, explain the first ``num_images`` validation images.
 
     Writes ``<log_dir>/explain/epoch{E:03d}/val{i}_layer{L}_head{h}.png`` (the picture of
-    ``cbsa-dense explain``) and, with a TensorBoard logger, also adds them as images.
+    ``cbsa-dense explain``) and sends them to every logger that takes images (TensorBoard, W&B, MLflow).
 
     Args:
         every_n_epochs: period in epochs.
@@ -63,12 +64,9 @@ class ExplainCallback(Callback):
                 for head in self.heads:
                     path = out_dir / f"val{i}_layer{layer}_head{head}.png"
                     written.append(save_explanation(path, picture, record, 0, head))
-        experiment = getattr(trainer.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            from PIL import Image
+        from PIL import Image
 
-            for path in written:
-                experiment.add_image(f"explain/{path.stem}", np.asarray(Image.open(path).convert("RGB")),
-                                     global_step=trainer.global_step, dataformats="HWC")
+        for path in written:
+            log_picture(trainer, f"explain/{path.stem}", np.asarray(Image.open(path).convert("RGB")))
         return written
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from cbsa_dense.callbacks.picture_log import log_picture
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.tasks.base import run_dir
 
@@ -16,8 +17,8 @@ class PredictionImages(Callback):
     """Every ``every_n_epochs`` validation epochs, draw the predictions for the first ``num_images``
     images of the first validation batch.
 
-    Writes ``<log_dir>/val_predictions/epoch{E:03d}_{i}.png`` and, with a TensorBoard logger, adds the
-    pictures under ``val_predictions/{i}``.
+    Writes ``<log_dir>/val_predictions/epoch{E:03d}_{i}.png`` and sends the pictures, under
+    ``val_predictions/{i}``, to every logger that takes images (TensorBoard, W&B, MLflow, ...).
 
     Args:
         every_n_epochs: period in epochs.
@@ -64,8 +65,5 @@ class PredictionImages(Callback):
             path = out_dir / f"epoch{trainer.current_epoch:03d}_{i}.png"
             Image.fromarray(picture).save(path)
             written.append(path)
-            experiment = getattr(trainer.logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image(f"val_predictions/{i}", np.asarray(picture), global_step=trainer.global_step,
-                                     dataformats="HWC")
+            log_picture(trainer, f"val_predictions/{i}", np.asarray(picture))
         return written
