@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,6 +143,21 @@ def _print_extra_help() -> None:
 TRACEBACK_ENV = "CBSA_DENSE_TRACEBACK"
 
 
+class _DropTip(logging.Filter):
+    """Drop Lightning's advertisement line ("Tip: ... try installing litlogger") printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+def _quiet_known_noise() -> None:
+    """Filter messages that every run printed and that tell the user nothing actionable."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTip) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropTip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cbsa-dense`` console script.
 
@@ -151,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_known_noise()
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     subcommand = argv[0] if argv and not argv[0].startswith("-") else ""
     overwrite = subcommand == "predict" and "--overwrite" in argv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -37,6 +38,11 @@ class ExactResume(Callback):
         self.epoch = trainer.current_epoch
         self.samples_done = (batch_idx + 1) * int(getattr(loader, "batch_size", 1) or 1)
         self.rng_state = torch.get_rng_state()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning warns that a mid-epoch checkpoint with a plain dataloader resumes unreliably: this
+        # callback is what makes it exact, so the warning is wrong here.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pending, self._pending = self._pending, None
