@@ -35,7 +35,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_console_script_lists_extra_subcommands():
     out = subprocess.run([sys.executable, "-m", "cbsa_dense.cli", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+                         cwd=ROOT)          # no timeout: a correct run on a loaded machine must pass
     assert out.returncode == 0, out.stderr
     for word in ("fit", "validate", "test", "predict", "score", "info", "benchmark"):
         assert word in out.stdout
