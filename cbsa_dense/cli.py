@@ -52,15 +52,19 @@ class CBSADenseCLI(LightningCLI):
         super().__init__(LightningModule, LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
 
-    def _check_ckpt_path(self) -> None:
-        """A bad ``--ckpt_path`` (missing, a directory, truncated, foreign, another task's) fails here with
-        one line, before Lightning reads it."""
-        from cbsa_dense.models.checkpoint import check_ckpt_path
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check ``--ckpt_path`` before Lightning reads it: right after parsing, Lightning loads
+        it with a bare ``torch.load`` and replaces the configured model with the checkpoint's task. A bad
+        file (missing, a directory, truncated, foreign) or another task's checkpoint fails here, one line."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config.get(subcommand) is not None:
+            from cbsa_dense.models.checkpoint import check_ckpt_path
 
-        check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"), self.model)
+            model = self.config[subcommand].get("model")
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"), getattr(model, "class_path", None))
 
     def _check_outputs(self) -> None:
-        self._check_ckpt_path()          # inputs first: nothing is created for a run that cannot start
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
         for logger in self.trainer.loggers:
             save_dir = getattr(logger, "save_dir", None)
@@ -170,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_known_noise()
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
-    subcommand = argv[0] if argv and not argv[0].startswith("-") else ""
+    subcommand = " ".join(argv[:2] if argv[:1] == ["score"] else argv[:1])
+    subcommand = "" if subcommand.startswith("-") else subcommand.split(" -")[0]
     overwrite = subcommand == "predict" and "--overwrite" in argv
     argv = [a for a in argv if a != "--traceback" and not (overwrite and a == "--overwrite")]
     try:

@@ -78,6 +78,7 @@ def cli_user_error(argv: list[str], capsys) -> str:
     assert status == 2, f"exit status {status}; stderr:\n{err}"
     assert "Traceback" not in err + out, err
     assert len(error_lines) == 1, err
-    subcommand = argv[0] if argv and not argv[0].startswith("-") else ""
+    words = argv[:2] if argv[:1] == ["score"] else argv[:1]         # `score` names its kind: `score coco`
+    subcommand = " ".join(w for w in words if not w.startswith("-"))
     assert error_lines[0].startswith(f"cbsa-dense {subcommand}".rstrip() + ": error: "), error_lines[0]
     return error_lines[0]

@@ -13,6 +13,7 @@ from cbsa_dense.data.ade20k import ADE20KDataModule
 from cbsa_dense.data.coco_dataset import COCOFormatError, load_coco
 from cbsa_dense.data.seg_dataset import SegDataset
 from cbsa_dense.data.seg_labels import read_image, read_mask
+from cbsa_dense.errors import DataError
 from cbsa_dense.models.checkpoint import load_matching, read_state_dict
 
 
@@ -30,14 +31,14 @@ def _jpeg_bytes(h=32, w=48):
 def test_corrupt_image(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"this is not a jpeg")
-    with pytest.raises(ValueError, match=r"cannot read image .*broken\.jpg"):
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg"):
         read_image(path)
 
 
 def test_truncated_image(tmp_path):
     path = tmp_path / "truncated.jpg"
     path.write_bytes(_jpeg_bytes()[:300])
-    with pytest.raises(ValueError, match=r"(?i)cannot read image .*truncated\.jpg: truncated"):
+    with pytest.raises(DataError, match=r"(?i)cannot read image .*truncated\.jpg: truncated"):
         read_image(path)
 
 
@@ -46,19 +47,19 @@ def test_mask_size_differs_from_image(tmp_path):
     image.write_bytes(_jpeg_bytes(32, 48))
     mask = _png(tmp_path / "a.png", np.zeros((30, 48)))
     dataset = SegDataset([(image, mask)], transform=lambda i, m: {"image": i, "mask": m}, num_classes=3)
-    with pytest.raises(ValueError, match=r"mask .*a\.png is 48x30 \(WxH\) but image .*a\.jpg is 48x32"):
+    with pytest.raises(DataError, match=r"mask .*a\.png is 48x30 \(WxH\) but image .*a\.jpg is 48x32"):
         dataset[0]
 
 
 def test_mask_labels_out_of_range(tmp_path):
     mask = _png(tmp_path / "m.png", [[0, 1], [7, 2]])
-    with pytest.raises(ValueError, match=r"mask .*m\.png has values \[7\] outside the 3 classes"):
+    with pytest.raises(DataError, match=r"mask .*m\.png has values \[7\] outside the 3 classes"):
         read_mask(mask, num_classes=3)
 
 
 def test_ade_masks_that_look_unreduced(tmp_path):
     mask = _png(tmp_path / "ADE_val_00000001.png", [[0, 1], [150, 75]])
-    with pytest.raises(ValueError, match=r"values \[150\] outside the 150 classes.*look un-reduced.*reduce_zero_label=True"):
+    with pytest.raises(DataError, match=r"values \[150\] outside the 150 classes.*look un-reduced.*reduce_zero_label=True"):
         read_mask(mask, num_classes=150, reduce_zero=False)
     assert read_mask(mask, num_classes=150, reduce_zero=True).tolist() == [[255, 0], [149, 74]]
 
@@ -68,7 +69,7 @@ def test_empty_dataset(tmp_path):
         (tmp_path / "images" / split).mkdir(parents=True)
         (tmp_path / "annotations" / split).mkdir(parents=True)
     datamodule = ADE20KDataModule(root=str(tmp_path), num_workers=0)
-    with pytest.raises(ValueError, match=r"image folder .*images/training contains no images"):
+    with pytest.raises(DataError, match=r"image folder .*images/training contains no images"):
         datamodule.setup("fit")
 
 

@@ -1,8 +1,7 @@
 """Evaluating a checkpoint needs the data config only: the task is rebuilt from the checkpoint."""
 
 import json
-
-import pytest
+import re
 
 from cbsa_dense.cli import _model_from_checkpoint, main
 
@@ -26,11 +25,13 @@ def test_test_with_only_the_data_config(seg_run, seg_ckpt, tmp_path):
     assert 0.0 <= report["mIoU"] <= 1.0 and len(report["per_class"]) == 6
 
 
-def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path):
+def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path, capsys):
+    from tests.conftest import cli_user_error
+
     images, masks = seg_run / "data" / "images" / "validation", seg_run / "data" / "annotations" / "validation"
-    with pytest.raises(ValueError, match=r"num_classes=3 .* 6 classes"):
-        main(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.seg_folder.SegFolderDataModule",
+    line = cli_user_error(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.seg_folder.SegFolderDataModule",
               "--data.train_images", str(images), "--data.train_masks", str(masks),
               "--data.val_images", str(images), "--data.val_masks", str(masks), "--data.validate_labels", "false",
               "--data.class_names", "[a, b, c]", "--trainer.logger", "false",
-              "--trainer.default_root_dir", str(tmp_path)])
+              "--trainer.default_root_dir", str(tmp_path)], capsys)
+    assert re.search(r"num_classes=3 .* 6 classes", line), line

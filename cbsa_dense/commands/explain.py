@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -102,17 +101,14 @@ def _num(value: torch.Tensor) -> float | None:
 
 
 def _zero_shot_update(confusion, record, image_path: Path, mask_dir: str, info: dict):
-    from PIL import Image
-
+    from cbsa_dense.data.seg_labels import read_label_map
     from cbsa_dense.interpret.zero_shot import majority_relabel, representative_argmax
     from cbsa_dense.metrics.miou import confusion_matrix
 
     mask_path = Path(mask_dir) / f"{image_path.stem}.png"
     if not mask_path.is_file():
-        raise FileNotFoundError(f"no ground-truth mask {mask_path} for image {image_path}")
-    mask = torch.from_numpy(np.asarray(Image.open(mask_path)).astype(np.int64))
-    if mask.ndim != 2:
-        raise DataError(f"{mask_path}: expected a single-channel label PNG, got shape {tuple(mask.shape)}")
+        raise DataError(f"no ground-truth mask {mask_path} for image {image_path} (--zero-shot-masks)")
+    mask = torch.from_numpy(read_label_map(mask_path, what="ground-truth mask"))
     ignore = int(info.get("ignore_index", 255))
     if info.get("reduce_zero_label"):
         mask = torch.where(mask == 0, torch.full_like(mask, ignore), mask - 1)

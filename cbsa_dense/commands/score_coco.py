@@ -4,6 +4,16 @@ Runs the same evaluator as the training task (:class:`cbsa_dense.metrics.coco_ma
 faster_coco_eval backend, float64 thresholds, crowd regions and json areas), and prints one JSON object
 to stdout: ``{"AP": ..., "AP50": ..., ..., "ARl": ...}`` as fractions, equal to pycocotools' summary.
 
+Both files are checked first; a malformed entry stops the command with one line naming the file, the entry
+and the value (exit status 2): invalid JSON, duplicate ids, results that are not objects, with a null or
+non-finite score, a category or image absent from the ground truth, a missing or malformed ``bbox``
+(``segmentation`` for ``--iou-type segm``). Ground-truth annotations without ``area`` get the box's ``w * h``
+(bbox) or the mask area (segm); pycocotools fails on them.
+
+``--max-dets`` sets the three detection limits per image (default COCO's 1 10 100); AP and everything but
+the two smaller ``AR{m}`` are computed at the largest (for crowded scenes, e.g. ``--max-dets 1 10 300``;
+pycocotools' ``summarize`` would still report its headline AP at 100).
+
 Unlike pycocotools, annotations are renumbered internally, so a ground-truth annotation with id 0 is
 matched like any other (pycocotools never matches it); a note goes to stderr when that happens.
 """
@@ -26,36 +36,43 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", required=True, type=Path,
                         help="COCO results json: a list of {image_id, category_id, score, bbox | segmentation}")
     parser.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"), help="box or mask IoU")
+    parser.add_argument("--max-dets", nargs=3, type=int, default=[1, 10, 100], metavar=("M1", "M2", "M3"),
+                        help="detection limits per image, increasing (default: COCO's 1 10 100; AP counts the top "
+                             "M3 detections per image, e.g. 1 10 300 for crowded scenes)")
     return parser
+
+
+def load_ground_truth(path: Path, iou_type: str):
+    """Read and check a COCO ground-truth json (structure, ids, boxes; masks for segm) into a ``COCO`` index."""
+    from pycocotools.coco import COCO
+
+    from cbsa_dense.data.coco_dataset import COCOFormatError, read_json, validate_coco
+
+    dataset, _ = validate_coco(read_json(path), path, check_masks=iou_type == "segm", check_geometry=False,
+                               drop_hint=False)
+    if iou_type == "segm":
+        for image in dataset["images"]:
+            if "height" not in image or "width" not in image:
+                raise COCOFormatError(f"{path}: image id {image['id']} has no height/width, which segm evaluation "
+                                      "needs to decode masks; add them")
+    gt = COCO()
+    gt.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from pycocotools.coco import COCO
+    from cbsa_dense.data.coco_dataset import read_json
+    from cbsa_dense.metrics.coco_map import check_max_dets, evaluate_coco
 
-    from cbsa_dense.metrics.coco_map import evaluate_coco
-
-    for path in (args.gt, args.results):
-        if not path.is_file():
-            print(f"error: {path} does not exist", file=sys.stderr)
-            return 2
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO(str(args.gt))
-        results = json.loads(args.results.read_text())
-    except (ValueError, KeyError, TypeError) as err:
-        print(f"error: cannot read {args.gt} / {args.results} as COCO json: {err}", file=sys.stderr)
-        return 2
-    if not isinstance(results, list):
-        print(f"error: {args.results} must hold a list of results, got {type(results).__name__}", file=sys.stderr)
-        return 2
+    max_dets = check_max_dets(args.max_dets, "--max-dets")
+    gt = load_ground_truth(args.gt, args.iou_type)
+    results = read_json(args.results)
     if 0 in gt.anns:
         print(f"note: {args.gt} has an annotation with id 0; pycocotools never matches it, this evaluator does",
               file=sys.stderr)
-    try:
-        stats = evaluate_coco(gt, results, args.iou_type)
-    except ValueError as err:
-        print(f"error: {args.results}: {err}", file=sys.stderr)
-        return 2
+    stats = evaluate_coco(gt, results, args.iou_type, max_detection_thresholds=max_dets, source=str(args.results))
     print(json.dumps(stats))
     return 0

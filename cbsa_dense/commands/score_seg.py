@@ -1,6 +1,8 @@
 """``cbsa-dense score seg``: score predicted label PNGs against ground-truth PNGs (MMSegmentation's mIoU).
 
-Files are matched by stem (every ground-truth file needs a prediction). The same label reduction is
+Files are matched by stem (every ground-truth file needs a prediction of the same size). Problems in the files
+(a missing prediction, a size mismatch, a colour image instead of class indices, a ground-truth value outside
+the classes) stop the command with one line naming the file (exit status 2). The same label reduction is
 applied to both (``--reduce-zero-label``: 0 -> ignored, k -> k - 1); ground-truth pixels equal to the
 ignore index are not scored; predictions outside the classes count as wrong. Prints one JSON object:
 ``{"mIoU", "aAcc", "mAcc", "IoU": [per class, null when the class has an empty union], "Acc": [...],
@@ -17,20 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from cbsa_dense.data.seg_labels import IGNORE_INDEX, reduce_zero_label
+from cbsa_dense.data.seg_labels import IGNORE_INDEX, read_label_map, reduce_zero_label
+from cbsa_dense.errors import ConfigError, DataError
 from cbsa_dense.metrics.miou import SegmentationMetrics
 
 
 def _read(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "1"):
-                raise ValueError(f"expected a single-channel label PNG, got mode {img.mode}")
-            return np.asarray(img).astype(np.int64)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read label map {path}: {err}") from err
+    return read_label_map(path, what="label map")
 
 
 def _prepare(values: np.ndarray, reduce_zero: bool, ignore_index: int) -> np.ndarray:
@@ -44,26 +40,30 @@ def _prepare(values: np.ndarray, reduce_zero: bool, ignore_index: int) -> np.nda
 def score_dirs(pred_dir: Path, gt_dir: Path, num_classes: int, reduce_zero: bool = False,
                ignore_index: int = IGNORE_INDEX) -> dict:
     """Score every ``gt_dir/*.png`` against ``pred_dir/<same stem>.png``; returns the JSON-ready dict."""
-    for folder in (pred_dir, gt_dir):
+    for flag, folder in (("--pred", pred_dir), ("--gt", gt_dir)):
         if not folder.is_dir():
-            raise ValueError(f"folder {folder} does not exist")
+            raise DataError(f"{flag} folder {folder} does not exist; give the folder of label PNGs")
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes {num_classes}: give the number of classes (>= 1)")
     gts = sorted(gt_dir.glob("*.png"))
     if not gts:
-        raise ValueError(f"no ground-truth PNGs in {gt_dir}")
+        raise DataError(f"no ground-truth PNGs in {gt_dir}; give the folder of ground-truth label PNGs as --gt")
+    missing = [g for g in gts if not (pred_dir / g.name).is_file()]
+    if missing:
+        raise DataError(f"no prediction {pred_dir / missing[0].name} for ground truth {missing[0]} ({len(missing)} of "
+                        f"{len(gts)} ground-truth files have none); predict every image, same file names")
     metric = SegmentationMetrics(num_classes)
     for gt_path in gts:
         pred_path = pred_dir / gt_path.name
-        if not pred_path.is_file():
-            raise ValueError(f"no prediction {pred_path} for ground truth {gt_path}")
         gt = _prepare(_read(gt_path), reduce_zero, ignore_index)
         pred = _prepare(_read(pred_path), reduce_zero, ignore_index)
         if gt.shape != pred.shape:
-            raise ValueError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground truth "
-                             f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}")
+            raise DataError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground truth "
+                            f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}; predict at the ground truth's size")
         try:
             metric.update(torch.from_numpy(pred), torch.from_numpy(gt))
         except ValueError as err:
-            raise ValueError(f"{gt_path}: {err}") from err
+            raise DataError(f"{gt_path}: {err}; check --num-classes, --reduce-zero-label and --ignore-index") from err
     scores = metric.compute()
 
     def clean(value: float) -> float | None:
@@ -84,9 +84,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ignore-index", type=int, default=IGNORE_INDEX,
                         help="ground-truth value that is not scored (default 255)")
     args = parser.parse_args(argv)
-    try:
-        result = score_dirs(args.pred, args.gt, args.num_classes, args.reduce_zero_label, args.ignore_index)
-    except ValueError as err:
-        parser.error(str(err))
+    result = score_dirs(args.pred, args.gt, args.num_classes, args.reduce_zero_label, args.ignore_index)
     print(json.dumps(result))
     return 0

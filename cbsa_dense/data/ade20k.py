@@ -7,6 +7,7 @@ from pathlib import Path
 from cbsa_dense.data.seg_datamodule import SegDataModule
 from cbsa_dense.data.seg_dataset import list_images, pair_by_stem
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
+from cbsa_dense.errors import DataError
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -75,6 +76,6 @@ class ADE20KDataModule(SegDataModule):
         folder = ADE20K_SPLITS[split]
         images_dir = self.root / "images" / folder
         if not images_dir.is_dir():
-            raise ValueError(f"ADE20K folder {images_dir} does not exist: root={self.root} must be the "
-                             f"ADEChallengeData2016 folder (images/{folder}, annotations/{folder})")
+            raise DataError(f"ADE20K folder {images_dir} does not exist: root={self.root} must be the "
+                            f"ADEChallengeData2016 folder (images/{folder}, annotations/{folder})")
         return pair_by_stem(list_images(images_dir), self.root / "annotations" / folder)

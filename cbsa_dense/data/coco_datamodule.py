@@ -12,6 +12,22 @@ from cbsa_dense.data.coco_dataset import COCODetectionDataset, COCOFormatError, 
 from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 from cbsa_dense.data.loaders import train_loader
 from cbsa_dense.data.seeding import seed_worker
+from cbsa_dense.errors import ConfigError, DataError
+
+
+def _empty_training_set(json_path: Path, coco) -> str:
+    """The message for a training json that leaves no image to train on, with what was dropped and why."""
+    n_images, n_anns = coco.source_counts
+    kept_anns = coco.dataset["annotations"]
+    crowd_only = sum(1 for i in coco.imgs if coco.imgToAnns.get(i) and
+                     all(a.get("iscrowd", 0) for a in coco.imgToAnns[i]))
+    without = len(coco.imgs) - sum(1 for i in coco.imgs if coco.imgToAnns.get(i))
+    parts = [f"{n} x {reason}" for reason, n in coco.dropped.items()]
+    dropped = f"dropped {', '.join(parts)}" if parts else "nothing was dropped"
+    return (f"{json_path}: no training image left: the file has {n_images} images and {n_anns} annotations; "
+            f"{dropped}; of the {len(coco.imgs)} images kept, {without} have no annotation and {crowd_only} only "
+            f"crowd regions ({len(kept_anns)} annotations kept); training needs images with non-crowd objects: "
+            "check train_json / train_images")
 
 
 class COCODetectionDataModule(LightningDataModule):
@@ -29,7 +45,8 @@ class COCODetectionDataModule(LightningDataModule):
         val_images: validation image directory.
         test_json: test annotations (default: ``val_json``).
         test_images: test image directory (default: ``val_images``).
-        predict_json: json whose ``images`` are predicted (annotations optional; default: test, then val).
+        predict_json: json whose ``images`` are predicted (``annotations`` and ``categories`` optional: an
+            images-only json works; default: test, then val).
         predict_images: image directory of ``predict_json`` (default: test, then val images).
         image_size: side of the square input (longest-side resize + pad; LSJ crop in training).
         scale_range: large-scale-jitter scale range in training.
@@ -38,7 +55,11 @@ class COCODetectionDataModule(LightningDataModule):
         mean: per-channel normalization mean of [0, 1] pixels.
         std: per-channel normalization std of [0, 1] pixels.
         with_masks: load instance masks (polygons or RLE) for mask heads and segm evaluation.
-        drop_invalid: drop (and log counts of) invalid annotations and missing images instead of failing.
+        drop_invalid: drop (and log counts of) invalid annotations and missing images instead of failing
+            (see :func:`~cbsa_dense.data.coco_dataset.validate_coco`; duplicate ids, invalid JSON and other
+            structural problems always fail, and so does a training set left empty).
+        allow_outside_root: accept image ``file_name``s that point outside their image directory (``..``,
+            absolute paths); by default such a json is rejected.
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: DataLoader workers (each reseeds the augmentation, see ``seed_worker``).
@@ -51,7 +72,7 @@ class COCODetectionDataModule(LightningDataModule):
                  scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
-                 eval_batch_size: int | None = None, num_workers: int = 2) -> None:
+                 eval_batch_size: int | None = None, num_workers: int = 2, allow_outside_root: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
@@ -63,8 +84,8 @@ class COCODetectionDataModule(LightningDataModule):
         }
         for split, (json_path, images) in self.splits.items():
             if (json_path is None) != (images is None):
-                raise ValueError(f"{split}: give both the json and the image directory (got {json_path!r}, "
-                                 f"{images!r})")
+                raise ConfigError(f"data {split}_json / {split}_images: give both the json and the image directory "
+                                  f"(got {json_path!r}, {images!r})")
         self.image_size = image_size
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
@@ -72,6 +93,7 @@ class COCODetectionDataModule(LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.with_masks = with_masks
         self.drop_invalid = drop_invalid
+        self.allow_outside_root = allow_outside_root
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -88,27 +110,34 @@ class COCODetectionDataModule(LightningDataModule):
         return len(self.category_ids)
 
     def _set_categories(self, coco, json_path: Path) -> None:
+        if not coco.dataset["categories"]:  # an images-only json to predict: categories come from elsewhere
+            return
         cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
         ids = [c["id"] for c in cats]
         if not self.category_ids:
             self.category_ids = ids
             self.class_names = [str(c.get("name", c["id"])) for c in cats]
         elif ids != self.category_ids:
-            raise COCOFormatError(f"{json_path}: categories {ids} differ from the first split's {self.category_ids}")
+            raise COCOFormatError(f"{json_path}: categories {ids} differ from the first split's {self.category_ids}; "
+                                  "every split must declare the same categories")
 
     def _dataset(self, split: str) -> COCODetectionDataset | None:
         json_path, images = self.splits[split]
         if json_path is None:
             return None
         json_path, images = self._path(json_path), self._path(images)
-        coco = load_coco(json_path, images, drop_invalid=self.drop_invalid)
+        coco = load_coco(json_path, images, drop_invalid=self.drop_invalid, require_annotations=split != "predict",
+                         check_masks=self.with_masks, allow_outside_root=self.allow_outside_root)
         self._set_categories(coco, json_path)
         train = split == "train"
         transform = DetectionTransform(self.image_size, train=train, scale_range=self.scale_range,
                                        hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
                                        std=self.std)
-        return COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
-                                    with_masks=self.with_masks, with_gt=split != "train")
+        dataset = COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
+                                       with_masks=self.with_masks, with_gt=split != "train")
+        if train and not len(dataset):
+            raise DataError(_empty_training_set(json_path, coco))
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         """Load and validate the jsons the stage needs (categories come from the training json first)."""
@@ -124,7 +153,8 @@ class COCODetectionDataModule(LightningDataModule):
                     self.datasets[split] = dataset
         for split in wanted.get(stage, []) if stage else []:
             if split not in self.datasets:
-                raise ValueError(f"stage {stage!r} needs {split}_json and {split}_images (or val_json/val_images)")
+                raise ConfigError(f"stage {stage!r} needs data {split}_json and {split}_images (or val_json and "
+                                  "val_images); set them in the data config")
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         dataset = self.datasets[split]

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from cbsa_dense.data.coco_datamodule import COCODetectionDataModule
+from cbsa_dense.errors import ConfigError
 
 CATEGORIES = [{"id": 2, "name": "circle"}, {"id": 5, "name": "square"}, {"id": 9, "name": "triangle"}]
 #: Bumped when the generator changes, so a stale cache is regenerated.
@@ -142,7 +143,7 @@ def generate_demo_coco(root: str | Path, num_train: int = 320, num_val: int = 64
         ``root`` as a Path.
     """
     if num_train < 2 or num_val < 2:
-        raise ValueError(f"num_train and num_val must be >= 2, got {num_train} and {num_val}")
+        raise ConfigError(f"demo data num_train and num_val must be >= 2, got {num_train} and {num_val}")
     root = Path(root)
     stamp = {"version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
              "size_range": list(size_range), "seed": seed}
@@ -195,7 +196,7 @@ class DemoDetectionDataModule(COCODetectionDataModule):
                          batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         self.demo_args = {"num_train": num_train, "num_val": num_val, "size_range": tuple(size_range), "seed": seed}
         if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+            raise ConfigError(f"data num_threads must be >= 1 or null, got {num_threads}")
         self.num_threads = num_threads
 
     def prepare_data(self) -> None:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from cbsa_dense.data.ade20k import ADE20KDataModule
+from cbsa_dense.errors import ConfigError
 
 DEMO_CLASSES = ("sky", "ground", "disc", "box", "triangle", "ring")
 _VERSION = 1
@@ -142,7 +143,7 @@ class DemoSegDataModule(ADE20KDataModule):
                  validate_labels: bool = True, predict_images: str | None = None,
                  num_threads: int | None = None) -> None:
         if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+            raise ConfigError(f"num_threads={num_threads!r} is invalid: give an integer >= 1, or null")
         super().__init__(root=root, num_classes=len(DEMO_CLASSES), class_names=list(DEMO_CLASSES),
                          batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
                          crop_size=crop_size, scale=scale, ratio_range=ratio_range, cat_max_ratio=cat_max_ratio,

@@ -12,11 +12,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
+from albumentations.augmentations.geometric import functional as fgeometric
+
+from cbsa_dense.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _RandomScale(A.RandomScale):
+    """``A.RandomScale`` that keeps every side at least one pixel (albumentations truncates a 1-pixel side
+    scaled by < 1 to 0, and OpenCV then fails on very thin images such as 8000x10)."""
+
+    @staticmethod
+    def _resize(img: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
+        height, width = img.shape[:2]
+        return fgeometric.resize(img, (max(1, int(height * scale)), max(1, int(width * scale))), interpolation)
+
+    def apply(self, img: np.ndarray, scale: float, **params) -> np.ndarray:
+        interpolation = self.interpolation
+        if self.area_for_downscale in ("image", "image_mask") and scale < 1.0:
+            interpolation = cv2.INTER_AREA
+        return self._resize(img, scale, interpolation)
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float, **params) -> np.ndarray:
+        interpolation = self.mask_interpolation
+        if self.area_for_downscale == "image_mask" and scale < 1.0:
+            interpolation = cv2.INTER_AREA
+        return self._resize(mask, scale, interpolation)
 
 
 class DetectionTransform:
@@ -42,12 +68,12 @@ class DetectionTransform:
                  std: Sequence[float] = IMAGENET_STD) -> None:
         lo, hi = scale_range
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+            raise ConfigError(f"data scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.image_size = int(image_size)
         self.train = train
         geometry: list = [A.LongestMaxSize(max_size=self.image_size)]
         if train:
-            geometry += [A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
+            geometry += [_RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
                          A.PadIfNeeded(self.image_size, self.image_size, position="top_left", fill=0, fill_mask=0),
                          A.RandomCrop(self.image_size, self.image_size),
                          A.HorizontalFlip(p=hflip)]

@@ -19,6 +19,7 @@ from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
 from cbsa_dense.data.seg_labels import IGNORE_INDEX, default_palette
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, SegEvalTransform, SegTrainTransform
+from cbsa_dense.errors import ConfigError
 
 
 class SegDataModule(LightningDataModule):
@@ -33,10 +34,14 @@ class SegDataModule(LightningDataModule):
         batch_size: training batch size (per device).
         val_batch_size: evaluation batch size (images of different sizes are handled one by one).
         num_workers: DataLoader workers (each reseeds its augmentation RNG).
-        crop_size: (height, width) of training crops.
-        scale: (long, short) base scale of the training ratio-range resize.
-        ratio_range: random factor range of ``scale``.
-        cat_max_ratio: max fraction of a single class in a training crop.
+        crop_size: (height, width) of training crops (positive).
+        scale: (long, short) base scale of the training ratio-range resize (positive).
+        ratio_range: random factor range of ``scale``, ``0 < low <= high``.
+        cat_max_ratio: max fraction of a single class in a training crop, in (0, 1].
+
+    Invalid sizes, ranges and normalization constants raise a :class:`~cbsa_dense.errors.ConfigError`
+    naming the setting at construction. Images of any size and shape are accepted: a very thin image is
+    resized to at least one pixel across and padded to the crop.
         photometric: photometric distortion in training.
         eval_scale: (long, short) keep-ratio resize of evaluation images; ``None`` keeps their size.
         mean: normalization mean (images in [0, 1]).
@@ -57,14 +62,21 @@ class SegDataModule(LightningDataModule):
                  validate_labels: bool = True, predict_images: str | None = None) -> None:
         super().__init__()
         if not 1 <= num_classes <= 255:
-            raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+            raise ConfigError(f"num_classes={num_classes} is invalid: must be in [1, 255] (255 is the ignore "
+                              f"value)")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
-            raise ValueError(f"{len(self.class_names)} class names given for num_classes={num_classes}")
+            raise ConfigError(f"class_names: {len(self.class_names)} names given for num_classes={num_classes}; "
+                              f"give one name per class")
         self.palette = np.asarray(palette, dtype=np.uint8) if palette is not None else default_palette(num_classes)
         if self.palette.shape != (num_classes, 3):
-            raise ValueError(f"palette must be {num_classes} RGB triplets, got shape {self.palette.shape}")
+            raise ConfigError(f"palette must be {num_classes} RGB triplets (one per class), got shape "
+                              f"{self.palette.shape}")
+        for name, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+                                 ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"{name}={value!r} is invalid: give an integer >= {low}")
         self.reduce_zero_label = reduce_zero_label
         self.ignore_index = ignore_index
         self.batch_size = batch_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cbsa_dense.data.seg_labels import IGNORE_INDEX, read_image, read_mask
+from cbsa_dense.data.seg_labels import (
+    IGNORE_INDEX,
+    LOSSY_MASK_SUFFIXES,
+    read_image,
+    read_mask,
+    stored_orientation,
+)
+from cbsa_dense.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -51,14 +61,26 @@ class SegDataset(Dataset):
         image = read_image(image_path)
         mask = self.load_mask(mask_path) if mask_path is not None else None
         if mask is not None and mask.shape != image.shape[:2]:
-            raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image {image_path} "
-                             f"is {image.shape[1]}x{image.shape[0]}")
+            raise DataError(size_mismatch_message(image_path, image.shape[:2], mask_path, mask.shape))
         out = self.transform(image, mask)
         sample = {"image": torch.from_numpy(out["image"]), "path": str(image_path),
                   "orig_size": tuple(image.shape[:2])}
         if mask is not None:
             sample["mask"] = torch.from_numpy(out["mask"])
         return sample
+
+
+def size_mismatch_message(image_path: Path, image_hw: tuple[int, int], mask_path: Path,
+                          mask_hw: tuple[int, int]) -> str:
+    """One line naming both files and sizes; says when the image's EXIF orientation explains the mismatch."""
+    text = (f"mask {mask_path} is {mask_hw[1]}x{mask_hw[0]} (WxH) but image {image_path} is "
+            f"{image_hw[1]}x{image_hw[0]}")
+    orientation = stored_orientation(image_path)
+    if orientation in (5, 6, 7, 8) and tuple(mask_hw) == tuple(image_hw)[::-1]:
+        return (f"{text} as displayed (its EXIF orientation {orientation} turns the stored "
+                f"{image_hw[0]}x{image_hw[1]} pixels); the mask matches the stored, unrotated pixels: save the "
+                f"mask in the orientation the image is displayed in (as annotation tools show it)")
+    return f"{text}; every mask must have its image's size (re-export the mask or fix the pairing)"
 
 
 def seg_collate(batch: list[dict]) -> dict:
@@ -74,25 +96,75 @@ def seg_collate(batch: list[dict]) -> dict:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files of a folder (sorted; suffixes in :data:`IMAGE_SUFFIXES`); error naming the folder."""
+    """Image files of a folder (sorted; suffixes in :data:`IMAGE_SUFFIXES`); DataError naming the folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise DataError(f"image folder {folder} does not exist: check the path")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
-        raise ValueError(f"image folder {folder} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"image folder {folder} contains no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
-def pair_by_stem(images: Sequence[Path], mask_dir: Path, mask_suffix: str = ".png") -> list[tuple[Path, Path]]:
-    """Match each image to ``mask_dir/<stem><mask_suffix>``; error naming the first image without a mask."""
+def _names(paths: Sequence[Path], limit: int = 3) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def pair_by_stem(images: Sequence[Path], mask_dir: Path, mask_suffix: str = ".png",
+                 skip_unpaired: bool = False, skip_flag: str | None = None) -> list[tuple[Path, Path]]:
+    """Match each image to ``mask_dir/<stem><mask_suffix>`` (suffix compared case-insensitively).
+
+    An image without a mask, or a mask file without an image, is a :class:`DataError` naming the files;
+    with ``skip_unpaired`` they are skipped and the counts and names are logged (a warning); ``skip_flag``
+    is the name of the caller's setting for it, suggested in the error. Two images
+    with the same stem (``a.jpg`` and ``a.png``) are always an error: the mask would be ambiguous.
+    """
     mask_dir = Path(mask_dir)
     if not mask_dir.is_dir():
-        raise ValueError(f"mask folder {mask_dir} does not exist")
-    pairs = []
+        raise DataError(f"mask folder {mask_dir} does not exist: check the path")
+    by_stem: dict[str, Path] = {}
     for image in images:
-        mask = mask_dir / f"{image.stem}{mask_suffix}"
-        if not mask.is_file():
-            raise ValueError(f"image {image} has no mask {mask}")
-        pairs.append((image, mask))
+        if image.stem in by_stem:
+            raise DataError(f"images {by_stem[image.stem]} and {image} have the same stem {image.stem!r}, so "
+                            f"they would share the mask {mask_dir / (image.stem + mask_suffix)}: rename or "
+                            f"remove one")
+        by_stem[image.stem] = image
+    suffix = mask_suffix.lower()
+    masks: dict[str, Path] = {}
+    others: dict[str, Path] = {}
+    for file in sorted(mask_dir.iterdir()):
+        if file.name.startswith(".") or not file.is_file():
+            continue
+        if file.name.lower().endswith(suffix):
+            masks[file.name[:len(file.name) - len(suffix)]] = file
+        else:
+            others.setdefault(file.stem, file)
+    no_mask = [image for stem, image in by_stem.items() if stem not in masks]
+    no_image = [mask for stem, mask in masks.items() if stem not in by_stem]
+    folder = images[0].parent if images else mask_dir
+    if (no_mask or no_image) and not skip_unpaired:
+        if no_mask:
+            first = no_mask[0]
+            text = f"image {first} has no mask {mask_dir / (first.stem + mask_suffix)}"
+            other = others.get(first.stem)
+            if other is not None:
+                text += (f" (found {other.name}: " + ("masks must be lossless PNGs, lossy compression invents "
+                                                      "labels at edges)" if other.suffix.lower() in
+                                                      LOSSY_MASK_SUFFIXES else "set mask_suffix to match)"))
+            if len(no_mask) > 1:
+                text += f" (and {len(no_mask) - 1} more images without a mask: {_names(no_mask[1:])})"
+        else:
+            text = f"mask {no_image[0]} has no image <stem>.* in {folder}"
+            if len(no_image) > 1:
+                text += f" (and {len(no_image) - 1} more masks without an image: {_names(no_image[1:])})"
+        hint = f", or set {skip_flag}=true to skip them (logged)" if skip_flag else ""
+        raise DataError(f"{text}; add the missing files or remove the extra ones{hint}")
+    if no_mask or no_image:
+        log.warning("skip_unpaired: skipping %d image(s) without a mask in %s (%s) and %d mask(s) without an image "
+                    "in %s (%s)", len(no_mask), mask_dir, _names(no_mask) or "-", len(no_image), folder,
+                    _names(no_image) or "-")
+    pairs = [(image, masks[stem]) for stem, image in by_stem.items() if stem in masks]
+    if not pairs:
+        raise DataError(f"no image in {folder} has a mask <stem>{mask_suffix} in {mask_dir}")
     return pairs

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from cbsa_dense.data.seg_labels import IGNORE_INDEX
+from cbsa_dense.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +30,45 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     """
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    # A very thin image (e.g. 8000 x 10 at a small scale) would round its short side to 0 pixels, which
+    # cv2.resize rejects: keep at least one pixel (the crop is then padded as for any small image).
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def _size_pair(name: str, value, kind: str) -> tuple[int, int]:
+    """Two positive integers, or a :class:`ConfigError` naming the setting and the value."""
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                                 for v in pair):
+        raise ConfigError(f"{name}={value!r} is invalid: give two positive integers ({kind})")
+    return int(pair[0]), int(pair[1])
+
+
+def check_ratio_range(value, name: str = "ratio_range") -> tuple[float, float]:
+    """``(low, high)`` with ``0 < low <= high``, or a :class:`ConfigError` naming the setting."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is invalid: give two numbers (low, high)") from None
+    if not (0 < low <= high and np.isfinite(high)):
+        raise ConfigError(f"{name}={value!r} is invalid: need 0 < low <= high (e.g. [0.5, 2.0]; "
+                          f"[1.0, 1.0] disables the random scaling)")
+    return low, high
+
+
+def check_normalization(mean, std) -> None:
+    """Three finite means and three positive stds, or a :class:`ConfigError`."""
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3 or not all(np.isfinite(values)) or (name == "std" and min(values) <= 0):
+            raise ConfigError(f"{name}={value!r} is invalid: give three finite numbers (R, G, B)"
+                              + (", all positive" if name == "std" else ""))
 
 
 def to_chw_float(image: np.ndarray) -> np.ndarray:
@@ -59,9 +98,15 @@ class SegTrainTransform:
                  flip_prob: float = 0.5, photometric: bool = True,
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD) -> None:
-        self.crop_size = tuple(crop_size)
-        self.scale = tuple(scale)
-        self.ratio_range = tuple(ratio_range)
+        self.crop_size = _size_pair("crop_size", crop_size, "height, width of the training crop")
+        self.scale = _size_pair("scale", scale, "long, short side of the training resize")
+        self.ratio_range = check_ratio_range(ratio_range)
+        if not 0 < cat_max_ratio <= 1:
+            raise ConfigError(f"cat_max_ratio={cat_max_ratio!r} is invalid: give a fraction in (0, 1] "
+                              f"(1.0 disables the check)")
+        if not 0 <= flip_prob <= 1:
+            raise ConfigError(f"flip_prob={flip_prob!r} is invalid: give a probability in [0, 1]")
+        check_normalization(mean, std)
         self.cat_max_ratio = cat_max_ratio
         steps = [A.HorizontalFlip(p=flip_prob)]
         if photometric:
@@ -102,7 +147,7 @@ class SegTrainTransform:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         ratio = self.rng.uniform(*self.ratio_range)
-        target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+        target = (max(1, int(self.scale[0] * ratio)), max(1, int(self.scale[1] * ratio)))
         nh, nw = rescale_size(*image.shape[:2], target)
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
@@ -125,7 +170,9 @@ class SegEvalTransform:
     def __init__(self, scale: tuple[int, int] | None = (2048, 512),
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD) -> None:
-        self.scale = tuple(scale) if scale is not None else None
+        self.scale = (_size_pair("eval_scale", scale, "long, short side of the evaluation resize; or null")
+                      if scale is not None else None)
+        check_normalization(mean, std)
         self.normalize = A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0)])
 
     def set_random_seed(self, seed: int) -> None:

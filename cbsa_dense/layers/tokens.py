@@ -1,5 +1,4 @@
 """Token-layout helpers shared by the attention layers.
-from cbsa_dense.errors import ConfigError
 
 Token sequences are ``[prefix tokens] + [H*W patch tokens, row-major] + [suffix tokens]`` (prefix: CLS,
 registers; suffix: e.g. a decoder's class embeddings). Layers receive the patch grid ``(H, W)`` and the
@@ -7,6 +6,8 @@ prefix count explicitly; the suffix count is whatever remains.
 """
 
 from __future__ import annotations
+
+from cbsa_dense.errors import ConfigError
 
 
 def check_layout(num_tokens: int, grid: tuple[int, int], num_prefix_tokens: int) -> int:

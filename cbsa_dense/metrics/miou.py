@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cbsa_dense.errors import ConfigError
+
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
     """Confusion counts of one batch.
@@ -85,7 +87,7 @@ class SegmentationMetrics(Metric):
     def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
         super().__init__(**kwargs)
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.add_state("confusion", default=torch.zeros(num_classes, num_classes + 1, dtype=torch.long),

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from cbsa_dense.cli import main
+from tests.conftest import cli_user_error
 
 
 def numpy_mmseg(preds, gts, num_classes, reduce_zero, ignore=255):
@@ -79,10 +80,23 @@ def test_absent_class_is_null_custom_ignore_and_errors(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["IoU"] == [0.5, 0.0, None] and out["aAcc"] == 0.5
     base = ["score", "seg", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3"]
-    with pytest.raises(SystemExit):
-        main(base)                                                # 7 is not ignored now: named error
-    assert "a.png: ground-truth value 7" in capsys.readouterr().err
+    line = cli_user_error(base, capsys)                           # 7 is not ignored now: named error
+    assert "a.png: ground-truth value 7" in line
     write(tmp_path / "gt", "b", np.array([[0, 1]]))
-    with pytest.raises(SystemExit):
-        main(base + ["--ignore-index", "7"])
-    assert "no prediction" in capsys.readouterr().err
+    line = cli_user_error(base + ["--ignore-index", "7"], capsys)
+    assert f"no prediction {tmp_path / 'pred' / 'b.png'} for ground truth {tmp_path / 'gt' / 'b.png'}" in line
+
+
+def test_size_mismatch_and_colour_predictions_name_the_file(tmp_path, capsys):
+    write(tmp_path / "gt", "a", np.array([[0, 1]]))
+    write(tmp_path / "pred", "a", np.array([[0, 1, 2]]))
+    base = ["score", "seg", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3"]
+    line = cli_user_error(base, capsys)
+    assert f"prediction {tmp_path / 'pred' / 'a.png'} is 3x1 (WxH) but ground truth" in line and "is 2x1" in line
+    Image.fromarray(np.zeros((1, 2, 3), np.uint8)).save(tmp_path / "pred" / "a.png")  # a colour picture
+    line = cli_user_error(base, capsys)
+    assert f"label map {tmp_path / 'pred' / 'a.png'}: expected a single-channel index PNG, got mode RGB" in line
+    (tmp_path / "pred" / "a.png").write_bytes(b"not a png")
+    assert f"cannot read label map {tmp_path / 'pred' / 'a.png'}" in cli_user_error(base, capsys)
+    line = cli_user_error(base[:3] + [str(tmp_path / "nowhere")] + base[4:], capsys)
+    assert f"--pred folder {tmp_path / 'nowhere'} does not exist" in line

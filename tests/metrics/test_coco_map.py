@@ -154,3 +154,19 @@ def test_shared_coco_val2014_100_matches_pycocotools(shared_dir, iou_type):
     results = json.loads((root / f"instances_val2014_fake{iou_type}100_results.json").read_text())
     ours = evaluate_coco(_coco(gt), results, iou_type)
     np.testing.assert_allclose([ours[k] for k in COCO_STATS], _pycocotools(gt, results, iou_type), atol=1e-6)
+
+
+def test_detection_limits_are_configurable_and_checked():
+    from cbsa_dense.errors import ConfigError
+    from cbsa_dense.metrics.coco_map import stat_keys
+
+    metric = COCOMeanAveragePrecision(max_detection_thresholds=[1, 10, 300])
+    assert metric.max_detection_thresholds == [1, 10, 300]
+    assert list(stat_keys([1, 10, 300]))[6:9] == ["AR1", "AR10", "AR300"] and stat_keys() == COCO_STATS
+    gt, results = _gt_dataset(np.random.default_rng(0)), []
+    for preds, targets in coco_to_metric_inputs(_coco(gt), results):
+        metric.update(preds, targets)
+    assert "AR300" in metric.coco_stats()
+    for bad in ([10, 1, 100], [1, 10], [0, 1, 2], [1, 10, 100.5]):
+        with pytest.raises(ConfigError, match="max_detection_thresholds"):
+            COCOMeanAveragePrecision(max_detection_thresholds=bad)

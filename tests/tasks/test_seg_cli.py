@@ -140,18 +140,20 @@ def test_custom_config_twin_on_a_folder_dataset(tmp_path):
     assert {tuple(c) for c in colour.reshape(-1, 3)} <= {tuple(c) for c in info["palette"]}
 
 
-def test_class_count_mismatch_is_reported(tmp_path):
+def test_class_count_mismatch_is_reported(tmp_path, capsys):
+    from tests.conftest import cli_user_error
+
     data = tmp_path / "data"
     make_folder_dataset(data)
-    with pytest.raises(ValueError, match="num_classes=3 but the model predicts 2"):
-        main(["validate", "--config", str(CONFIGS / "seg_custom.yaml"),
+    line = cli_user_error(["validate", "--config", str(CONFIGS / "seg_custom.yaml"),
               "--data.init_args.train_images", str(data / "img" / "train"),
               "--data.init_args.train_masks", str(data / "msk" / "train"),
               "--data.init_args.val_images", str(data / "val.txt"),
               "--data.init_args.class_names", str(data / "classes.txt"),
               "--data.init_args.mask_palette", "[[0, 0, 0], [255, 0, 0], [0, 0, 255]]",
               "--model.init_args.model.init_args.encoder.init_args.depth", "1",
-              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)], capsys)
+    assert "num_classes=3 but the model predicts 2" in line
 
 
 @pytest.mark.parametrize("config", ["seg_ade20k.yaml", "paper/ade20k_cbt_tiny.yaml"])
