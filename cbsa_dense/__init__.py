@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name == "load_official_checkpoint":
-        from cbsa_dense.models.official import load_official_checkpoint
+    if name in ("load_official_checkpoint", "load_cbt_checkpoint"):
+        from cbsa_dense.models import official
 
-        return load_official_checkpoint
+        return getattr(official, name)
     raise AttributeError(f"module 'cbsa_dense' has no attribute {name!r}")

@@ -24,6 +24,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
 from cbsa_dense.errors import OutputError, UserError, user_message
@@ -55,14 +56,34 @@ class CBSADenseCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Parse, then check ``--ckpt_path`` before Lightning reads it: right after parsing, Lightning loads
         it with a bare ``torch.load`` and replaces the configured model with the checkpoint's task. A bad
-        file (missing, a directory, truncated, foreign) or another task's checkpoint fails here, one line."""
+        file (missing, a directory, truncated, foreign) or another task's checkpoint fails here, one line.
+        A ``fit``'s ``--model.init_args.weights`` file is checked the same way (before any data setup)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand and self.config.get(subcommand) is not None:
-            from cbsa_dense.models.checkpoint import check_ckpt_path
+            from cbsa_dense.models.checkpoint import check_ckpt_path, check_weights_path
 
             model = self.config[subcommand].get("model")
-            check_ckpt_path(self.config[subcommand].get("ckpt_path"), getattr(model, "class_path", None))
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"), getattr(model, "class_path", None), subcommand)
+            init_args = getattr(model, "init_args", None)
+            if subcommand == "fit" and not self.config[subcommand].get("ckpt_path") and init_args is not None:
+                check_weights_path(init_args.get("weights"), model.class_path, init_args.get("weights_strict", True))
+
+    def before_instantiate_classes(self) -> None:
+        """``validate``/``test``/``predict --ckpt_path``: evaluate with the protocol the model was trained
+        and validated with (``checkpoint["eval_protocol"]``) for every part the command line and config
+        leave unset, and say which protocol is used and where each part came from."""
+        subcommand = self.config.get("subcommand")
+        if subcommand not in ("validate", "test", "predict"):
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        from cbsa_dense.models.checkpoint import read_checkpoint
+
+        stored = read_checkpoint(ckpt_path, mmap=True).get("eval_protocol") or {}
+        apply_eval_protocol(config, stored, ckpt_path)
 
     def _check_outputs(self) -> None:
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
@@ -95,6 +116,67 @@ class CBSADenseCLI(LightningCLI):
             check_writable(path if path.is_dir() or not path.suffix else path.parent, "the prediction output")
 
 
+def apply_eval_protocol(config, stored: dict, ckpt_path: str) -> dict[str, str]:
+    """Fill the evaluation protocol of a parsed ``validate``/``test``/``predict`` config from a checkpoint.
+
+    ``model.init_args.inference`` is taken from ``stored["inference"]`` when the config leaves it
+    ``None``; the datamodule's ``eval_scale`` from ``stored["eval_scale"]`` when the config keeps the
+    datamodule class's default. Prints one line with the protocol and the source of each part.
+
+    Returns:
+        ``{"inference": source, "eval_scale": source}`` for the parts that apply.
+    """
+    from jsonargparse import Namespace
+
+    from cbsa_dense.tasks.sliding_window import SlidingWindowInference
+
+    model_args = getattr(config.get("model"), "init_args", None)
+    sources: dict[str, str] = {}
+    parts = []
+    if model_args is not None and "inference" in model_args:
+        source = "config/command line"
+        if model_args.get("inference") is None:
+            source = "default: whole image; the checkpoint records no protocol"
+            if stored.get("inference"):
+                inference = stored["inference"]
+                model_args["inference"] = Namespace(class_path=inference["class_path"],
+                                                    init_args=Namespace(**inference["init_args"]))
+                source = "checkpoint"
+        spec = model_args.get("inference")
+        described = (SlidingWindowInference(**dict(vars(spec.init_args))) if spec is not None
+                     else SlidingWindowInference()).describe()
+        sources["inference"] = source
+        parts.append(f"inference {described} (from the {source})")
+    data = config.get("data")
+    data_args = getattr(data, "init_args", None)
+    if data_args is not None and "eval_scale" in data_args:
+        source = "config/command line"
+        if "eval_scale" in stored and _is_class_default(data.class_path, "eval_scale", data_args["eval_scale"]):
+            data_args["eval_scale"] = tuple(stored["eval_scale"]) if stored["eval_scale"] is not None else None
+            source = "checkpoint"
+        value = data_args["eval_scale"]
+        sources["eval_scale"] = source
+        parts.append(f"eval_scale {list(value) if value is not None else None} (from the {source})")
+    if parts and rank_zero_only.rank == 0:
+        print(f"evaluation protocol of {ckpt_path}: " + "; ".join(parts), file=sys.stderr)
+    return sources
+
+
+def _is_class_default(class_path: str, name: str, value) -> bool:
+    import inspect
+
+    module, _, cls_name = class_path.rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters[name]
+    except (ImportError, AttributeError, KeyError, ValueError):
+        return False
+    return _as_list(parameter.default) == _as_list(value)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
 def check_writable(directory: str | Path, what: str) -> None:
     """Create ``directory`` if needed and make sure a file can be written there (OutputError if not)."""
     path = Path(directory)
@@ -112,12 +194,13 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
 
     For ``validate``/``test``/``predict`` with ``--ckpt_path`` and no ``--model`` (nor a ``--config``
     that sets one), add ``--model`` with the task config stored in the checkpoint (LightningCLI saves
-    it as hyper-parameters). Only the data config is still needed.
+    it as hyper-parameters). Only the data config is still needed; ``--model.init_args.*`` arguments
+    still override parts of it (e.g. the evaluation ``inference``).
     """
     if not argv or argv[0] not in ("validate", "test", "predict"):
         return argv
-    if any(a == "--model" or a.startswith(("--model=", "--model.")) for a in argv):
-        return argv
+    if any(a == "--model" or a.startswith(("--model=", "--model.class_path")) for a in argv):
+        return argv                     # a model is given; ``--model.init_args.*`` alone only overrides parts
     values = dict(zip(argv, argv[1:]))
     values.update(a.split("=", 1) for a in argv if a.startswith(("--ckpt_path=", "--config=", "-c=")))
     ckpt = values.get("--ckpt_path")

@@ -85,6 +85,7 @@ class SegDataModule(LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = SegTrainTransform(crop_size, scale, ratio_range, cat_max_ratio,
                                                  photometric=photometric, mean=mean, std=std)
+        self.eval_scale = tuple(eval_scale) if eval_scale is not None else None    # part of the eval protocol
         self.eval_transform = SegEvalTransform(eval_scale, mean=mean, std=std)
         self.validate_labels = validate_labels
         self.predict_images = predict_images

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.tasks.param_groups import apply_lr_scale, param_groups
 
 #: Datamodule attributes saved into every checkpoint (``checkpoint["data_info"]``) so that evaluation,
@@ -35,17 +36,20 @@ class BaseTask(LightningModule):
         freeze: glob patterns of parameter names to freeze (e.g. ``["encoder.*"]``).
         weights: weights-only initialization of ``model`` at the start of a fresh ``fit`` (not when
             resuming with ``--ckpt_path``): a checkpoint of this project, a plain state dict, the authors'
-            released Segmenter or CBT checkpoints, or timm/DINOv2 ViT weights (encoder only). Missing,
-            unexpected and shape-mismatched keys are logged; mismatched ones (a head for another class
-            count) keep their fresh initialization.
+            released Segmenter or CBT checkpoints, or timm/DINOv2 ViT weights (encoder only). Weights
+            meant for the encoder must fit it (only CBSA step sizes may start fresh) and a checkpoint of
+            this project must come from the same task class, else a ``CheckpointError`` names the keys
+            and shapes; a head for another class count keeps its fresh initialization (reported).
+        weights_strict: ``False`` turns those errors into warnings and loads the tensors that fit.
     """
 
     def __init__(self, optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, weight_decay: float | None = None,
                  layer_decay: float | None = None, freeze: list[str] | None = None,
-                 weights: str | None = None) -> None:
+                 weights: str | None = None, weights_strict: bool = True) -> None:
         super().__init__()
         self.weights = weights
+        self.weights_strict = weights_strict
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
         self.weight_decay = weight_decay
@@ -60,14 +64,15 @@ class BaseTask(LightningModule):
                 param.requires_grad_(False)
                 frozen.append(name)
         if self.freeze_patterns and not frozen:
-            raise ValueError(f"freeze patterns {self.freeze_patterns} match no parameter of {type(self).__name__}")
+            raise ConfigError(f"freeze patterns {self.freeze_patterns} match no parameter of {type(self).__name__}")
         return frozen
 
     def load_weights(self, path: str):
         """Weights-only initialization of ``self.model`` from ``path``; returns the load report."""
         from cbsa_dense.models.weights import load_model_weights
 
-        return load_model_weights(self.model, path)
+        return load_model_weights(self.model, path, strict=getattr(self, "weights_strict", True), task=self,
+                                  opt_out="--model.init_args.weights_strict false")
 
     def on_fit_start(self) -> None:
         if self.weights and self.trainer.ckpt_path is None:
@@ -83,6 +88,14 @@ class BaseTask(LightningModule):
         checkpoint["data_info"] = info
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before Lightning's strict state-dict load: a checkpoint of another task class (segmentation
+        # weights for a detection config) fails here with one line instead of a key-by-key RuntimeError.
+        from cbsa_dense.models.checkpoint import check_task_class
+
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        check_task_class(checkpoint, path or "being loaded", self,
+                         hint=f"give a checkpoint of a {type(self).__name__} run, or leave out --config/--model "
+                              f"(test, validate and predict rebuild the task stored in the checkpoint)")
         self.data_info = checkpoint.get("data_info", {})
 
     def num_encoder_layers(self) -> int | None:

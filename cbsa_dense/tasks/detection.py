@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 
-from cbsa_dense.metrics.coco_map import COCOMeanAveragePrecision
+from cbsa_dense.errors import ConfigError
+from cbsa_dense.metrics.coco_map import COCO_MAX_DETS, COCOMeanAveragePrecision, check_max_dets
 from cbsa_dense.models.detector import Detector, HeadFactory, NeckFactory
-from cbsa_dense.tasks.base import BaseTask
+from cbsa_dense.tasks.base import BaseTask, run_dir
 
-#: Logged names of the COCO numbers (torchmetrics key -> our suffix).
+#: Logged names of the COCO numbers (torchmetrics key -> our suffix); plus ``mar_{largest detection limit}``.
 _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "map_s", "map_medium": "map_m",
-           "map_large": "map_l", "mar_100": "mar_100"}
+           "map_large": "map_l"}
 
 
 class DetectionTask(BaseTask):
@@ -27,10 +30,19 @@ class DetectionTask(BaseTask):
     Batches come from :class:`~cbsa_dense.data.coco_datamodule.COCODetectionDataModule`. COCO mAP is
     :class:`~cbsa_dense.metrics.coco_map.COCOMeanAveragePrecision` (equal to pycocotools), updated per
     step and computed once per epoch in original image pixels with the json's crowd flags and areas;
-    logged as ``{val,test}_map``, ``_map_50``, ``_map_75``, ``_map_s/m/l``, ``_mar_100`` (boxes) and
+    logged as ``{val,test}_map``, ``_map_50``, ``_map_75``, ``_map_s/m/l``, ``_mar_{M}`` (boxes) and
     ``{val,test}_segm_map...`` (masks, with a mask head). ``test`` also logs and prints per-class AP;
     ``test`` and ``predict`` write a COCO results json (original image and category ids, xywh boxes,
     RLE masks) that pycocotools loads directly.
+
+    Crowded scenes: two limits decide how many objects per image can count. The head keeps at most
+    ``detections_per_img`` (FCOS / RetinaNet; ``box_detections_per_img`` for Faster / Mask R-CNN; 100 by
+    default) detections per image, and the metric scores at most ``max_detection_thresholds[-1]`` (M, COCO's
+    ``maxDets``, 100 by default) per image and class. With more objects per image than either, AP stays below
+    1 even for perfect predictions: raise both, e.g. ``detections_per_img: 300`` and
+    ``max_detection_thresholds: [1, 10, 300]``. AP, AP50, AP75, APs/m/l and ``mar_{M}`` are computed at the
+    largest limit (pycocotools' ``summarize`` would report its headline AP at 100 detections whatever the
+    limits; see :mod:`cbsa_dense.metrics.coco_map`).
 
     Args:
         encoder: image encoder with ``out_channels``/``out_strides`` (e.g. a CBSA ``ViTEncoder``).
@@ -39,6 +51,9 @@ class DetectionTask(BaseTask):
             ``FasterRCNNHead``, ``MaskRCNNHead``).
         num_classes: object categories; must equal the datamodule's.
         mask_threshold: probability above which a predicted mask pixel is foreground.
+        max_detection_thresholds: the metric's three detection limits per image (COCO's ``maxDets``,
+            increasing; default ``[1, 10, 100]``); an evaluation setting, not stored in the checkpoint's
+            hyper-parameters, so ``test`` can change it.
         results_dir: where ``test_results.json`` / ``predictions.json`` go (default: the trainer's log dir).
         optimizer: see :class:`BaseTask`; default AdamW lr 1e-4, weight decay 0.1 (ViTDet).
         lr_scheduler: see :class:`BaseTask`; default 250 warm-up iterations, then x0.1 at 89% and 96%.
@@ -46,25 +61,30 @@ class DetectionTask(BaseTask):
         layer_decay: layer-wise lr decay over encoder blocks (ViTDet: 0.7 for ViT-B).
         freeze: see :class:`BaseTask`.
         weights: weights-only init at the start of ``fit`` (see :class:`BaseTask`).
+        weights_strict: see :class:`BaseTask`.
     """
 
     def __init__(self, encoder: nn.Module, neck: NeckFactory, head: HeadFactory, num_classes: int,
                  mask_threshold: float = 0.5, results_dir: str | None = None,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = 0.7,
-                 freeze: list[str] | None = None, weights: str | None = None) -> None:
+                 freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True,
+                 max_detection_thresholds: list[int] | None = None) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
-                         layer_decay=layer_decay, freeze=freeze, weights=weights)
+                         layer_decay=layer_decay, freeze=freeze, weights=weights, weights_strict=weights_strict)
         # Output/eval settings stay out of the checkpoint's hyper-parameters: LightningCLI restores those
         # over the command line on --ckpt_path, so a test run could not redirect its results otherwise.
-        self.save_hyperparameters(ignore=["results_dir", "mask_threshold"])
+        self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "max_detection_thresholds"])
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
         self.results_dir = results_dir
         self.iou_types = ("bbox", "segm") if self.model.with_masks else ("bbox",)
-        self.val_map = COCOMeanAveragePrecision(self.iou_types)
-        self.test_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True)
+        self.max_detection_thresholds = check_max_dets(
+            COCO_MAX_DETS if max_detection_thresholds is None else max_detection_thresholds, "max_detection_thresholds")
+        self.val_map = COCOMeanAveragePrecision(self.iou_types, max_detection_thresholds=self.max_detection_thresholds)
+        self.test_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True,
+                                                 max_detection_thresholds=self.max_detection_thresholds)
         self.category_ids: list[int] = list(range(num_classes))
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self._results: list[dict] = []
@@ -84,13 +104,13 @@ class DetectionTask(BaseTask):
         ids = list(getattr(datamodule, "category_ids", []) or [])
         if ids:
             if len(ids) != self.num_classes:
-                raise ValueError(f"model num_classes={self.num_classes} but the data has {len(ids)} categories "
+                raise ConfigError(f"model num_classes={self.num_classes} but the data has {len(ids)} categories "
                                  f"(ids {ids[:10]}{'...' if len(ids) > 10 else ''}); set model num_classes to "
                                  f"{len(ids)}")
             self.category_ids = ids
             self.class_names = list(getattr(datamodule, "class_names", [])) or [str(i) for i in ids]
         if self.model.with_masks and datamodule is not None and not getattr(datamodule, "with_masks", True):
-            raise ValueError(f"{type(self.model.head).__name__} predicts masks: set data with_masks: true")
+            raise ConfigError(f"{type(self.model.head).__name__} predicts masks: set data with_masks: true")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -132,7 +152,7 @@ class DetectionTask(BaseTask):
                 target["masks"] = gt["masks"]
             targets.append(target)
         metric.update([{k: v for k, v in p.items() if k != "masks" or "segm" in self.iou_types} for p in preds],
-                      targets)
+                      targets, image_ids=batch["image_id"])  # ids: DDP padding repeats images, counted once
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._update(self.val_map, batch, self.predict_batch(batch))
@@ -152,10 +172,11 @@ class DetectionTask(BaseTask):
         result = metric.compute()
         metric.reset()
         logged = {}
+        mar = f"mar_{self.max_detection_thresholds[-1]}"
         for iou_type in self.iou_types:
             src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
             dst = f"{prefix}_" if iou_type == "bbox" else f"{prefix}_segm_"
-            logged.update({dst + ours: float(result[src + theirs]) for theirs, ours in _LOGGED.items()})
+            logged.update({dst + ours: float(result[src + theirs]) for theirs, ours in {**_LOGGED, mar: mar}.items()})
         headline = {f"{prefix}_map", f"{prefix}_map_50"}
         self.log_dict({k: v for k, v in logged.items() if k in headline}, prog_bar=True)
         self.log_dict({k: v for k, v in logged.items() if k not in headline})
@@ -176,14 +197,15 @@ class DetectionTask(BaseTask):
             src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
             classes = result.get("classes", torch.zeros(0)).reshape(-1).tolist()  # never prefixed
             aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
-            ars = result.get(f"{src}mar_100_per_class", torch.zeros(0)).reshape(-1).tolist()
+            ars = result.get(f"{src}mar_{self.max_detection_thresholds[-1]}_per_class", torch.zeros(0)).reshape(-1).tolist()
             rows = []
             for label, ap, ar in zip(classes, aps, ars):
                 name = self.class_names[int(label)] if 0 <= int(label) < len(self.class_names) else str(label)
                 rows.append(f"{name:<24} {ap:>7.4f} {ar:>7.4f}")
                 if ap >= 0:
                     self.log(f"test_{'segm_' if iou_type == 'segm' else ''}map_{name}", ap)
-            rank_zero_info(f"per-class {iou_type} AP\n{'class':<24} {'AP':>7} {'AR100':>7}\n" + "\n".join(rows))
+            ar_name = f"AR{self.max_detection_thresholds[-1]}"
+            rank_zero_info(f"per-class {iou_type} AP\n{'class':<24} {'AP':>7} {ar_name:>7}\n" + "\n".join(rows))
         self._write_results("test_results.json")
 
     def on_predict_epoch_end(self) -> None:
@@ -209,14 +231,54 @@ class DetectionTask(BaseTask):
                 results.append(entry)
         return results
 
+    def prediction_outputs(self) -> list[Path]:
+        """What ``predict`` writes into an explicitly chosen ``results_dir`` (checked before any work: the
+        CLI refuses to overwrite existing predictions without ``--overwrite``)."""
+        return [] if self.results_dir is None else [Path(self.results_dir) / "predictions.json"]
+
+    def _gather_results(self) -> list[dict] | None:
+        """Every rank's results merged by :func:`merge_results` on rank 0 (``None`` on the other ranks).
+
+        Collective under DDP: every rank must call it (the epoch-end hooks do, on every rank).
+        """
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            shares = [None] * dist.get_world_size() if self.trainer.is_global_zero else None
+            dist.gather_object(self._results, shares, dst=0)
+        else:
+            if self.trainer.world_size > 1:
+                rank_zero_warn("results json holds rank 0's share of the images only (no torch.distributed "
+                               "process group to gather the other ranks' results)")
+            shares = [self._results]
+        return merge_results(shares) if self.trainer.is_global_zero else None
+
     def _write_results(self, name: str) -> None:
-        if self._trainer is None or not self.trainer.is_global_zero:
+        """Write the results of all ranks, each image once, to ``results_dir / name`` (rank 0 only)."""
+        if self._trainer is None:
             return
-        if self.trainer.world_size > 1:
-            rank_zero_warn("results json holds rank 0's share of the images only (multi-process run)")
-        folder = Path(self.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        results = self._gather_results()
+        if results is None:
+            return
+        folder = Path(self.results_dir) if self.results_dir else run_dir(self.trainer)   # no collective call
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
-        path.write_text(json.dumps(self._results))
-        rank_zero_info(f"wrote {len(self._results)} detections to {path}")
+        path.write_text(json.dumps(results))
+        rank_zero_info(f"wrote {len(results)} detections to {path}")
+
+
+def merge_results(shares: list[list[dict]]) -> list[dict]:
+    """One COCO results list from the ranks' shares, in a deterministic order.
+
+    An image that several ranks processed (a ``DistributedSampler`` pads the last shares with repeated
+    images) keeps the entries of the first rank that has it. Entries are sorted by ``image_id``, then by
+    score, highest first (ties keep their order), so any number of processes gives the same list.
+    """
+    by_image: dict[int, list[dict]] = {}
+    for share in shares:
+        mine: dict[int, list[dict]] = defaultdict(list)
+        for entry in share:
+            mine[int(entry["image_id"])].append(entry)
+        for image_id, entries in mine.items():
+            by_image.setdefault(image_id, entries)
+    return [entry for image_id in sorted(by_image)
+            for entry in sorted(by_image[image_id], key=lambda e: -e["score"])]
 

@@ -22,6 +22,7 @@ from cbsa_dense.data.seg_labels import (
     to_annotation,
     write_label_png,
 )
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.metrics.miou import SegmentationMetrics
 from cbsa_dense.tasks.base import BaseTask, run_dir
 from cbsa_dense.tasks.sliding_window import SlidingWindowInference
@@ -44,8 +45,10 @@ class SegmentationTask(BaseTask):
     Args:
         model: the segmentation model, e.g. :class:`~cbsa_dense.models.segmentor.Segmentor`;
             ``model(images (B, 3, H, W)) -> logits (B, C, H, W)``, with a ``num_classes`` attribute.
-        inference: evaluation inference; ``None`` = whole image, single scale. Not stored in checkpoints
-            (give it again, e.g. in the config, when evaluating one).
+        inference: evaluation inference; ``None`` = whole image, single scale. It travels with every
+            checkpoint (``checkpoint["eval_protocol"]``, with the datamodule's ``eval_scale``):
+            ``validate``/``test``/``predict --ckpt_path`` use it unless the command line or config gives
+            one, and print which protocol they used.
         predict_dir: output folder of ``predict``; ``None`` = ``<log dir>/predictions``.
         overlay_alpha: opacity of the class colours in the overlays.
         optimizer: default (``None``): the paper's (Segmenter's) SGD, Nesterov momentum 0.9, lr 1e-3, weight
@@ -56,16 +59,18 @@ class SegmentationTask(BaseTask):
         freeze: see :class:`~cbsa_dense.tasks.base.BaseTask`.
         weights: weights-only init at the start of ``fit`` (see :class:`~cbsa_dense.tasks.base.BaseTask`),
             including the authors' released Segmenter checkpoints.
+        weights_strict: see :class:`~cbsa_dense.tasks.base.BaseTask`.
     """
 
     def __init__(self, model: nn.Module, inference: SlidingWindowInference | None = None,
                  predict_dir: str | None = None, overlay_alpha: float = 0.5,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = None,
-                 freeze: list[str] | None = None, weights: str | None = None) -> None:
-        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights)
-        # Output and evaluation settings are not stored: with ``--ckpt_path`` the checkpoint's stored
-        # arguments override the command line, and these must stay choosable at validate/test/predict.
+                 freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True) -> None:
+        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights, weights_strict)
+        # Output and evaluation settings are not hyper-parameters: with ``--ckpt_path`` LightningCLI lets
+        # stored hyper-parameters override the command line, and these must stay choosable at
+        # validate/test/predict. The evaluation protocol travels separately (``on_save_checkpoint``).
         ignore = ["inference", "predict_dir", "overlay_alpha"]
         self.save_hyperparameters(ignore=ignore + (["model"] if not _under_cli() else []))
         self.model = model
@@ -74,6 +79,7 @@ class SegmentationTask(BaseTask):
         self.predict_dir = predict_dir
         self.overlay_alpha = overlay_alpha
         self.val_metrics = SegmentationMetrics(self.num_classes)
+        self.all_ignored_batches = 0          # training batches without any labelled pixel (see training_step)
         self.test_metrics = SegmentationMetrics(self.num_classes)
         self.apply_freeze()
 
@@ -88,8 +94,16 @@ class SegmentationTask(BaseTask):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(f"the data has num_classes={data_classes} but the model predicts "
+            raise ConfigError(f"the data has num_classes={data_classes} but the model predicts "
                              f"{self.num_classes} classes (head num_classes)")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        protocol = {"inference": self.inference.config()}
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "eval_scale"):
+            protocol["eval_scale"] = _plain_size(datamodule.eval_scale)
+        checkpoint["eval_protocol"] = protocol
 
     # ----------------------------------------------------------------------------------------- train
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -97,8 +111,23 @@ class SegmentationTask(BaseTask):
         logits = self.model(images)
         if logits.shape[-2:] != masks.shape[-2:]:
             logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        all_ignored = not bool((masks != IGNORE_INDEX).any())
+        if all_ignored:
+            # Every pixel is ignored: the mean over zero labelled pixels would be 0/0 = NaN. Such a batch
+            # teaches nothing: loss 0 (kept in the graph so every rank and the optimizer step as usual),
+            # counted in ``train_all_ignored_batches`` (per epoch) and warned about once.
+            loss = logits.sum() * 0.0
+            self.all_ignored_batches += 1
+            if self.all_ignored_batches == 1:
+                log.warning("training batch %d (epoch %d) has no labelled pixel (all %d are ignore=%d): it adds "
+                            "zero loss; such batches are counted in train_all_ignored_batches. Check the masks "
+                            "of: %s", batch_idx, self.current_epoch, masks.numel(), IGNORE_INDEX,
+                            ", ".join(str(p) for p in batch.get("path", [])[:4]) or "?")
+        else:
+            loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
         self.log("train_loss", loss, prog_bar=True, batch_size=images.shape[0])
+        self.log("train_all_ignored_batches", float(all_ignored), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True, batch_size=images.shape[0])
         return loss
 
     # ------------------------------------------------------------------------------------------ eval
@@ -162,6 +191,13 @@ class SegmentationTask(BaseTask):
         value = getattr(datamodule, name, None)
         return default if value is None else value
 
+    def prediction_outputs(self) -> list[Path]:
+        """What ``predict`` writes into an explicitly chosen ``predict_dir`` (checked before any work: the
+        CLI refuses to overwrite existing predictions without ``--overwrite``)."""
+        if self.predict_dir is None:
+            return []                                   # a fresh run directory
+        return [Path(self.predict_dir) / "labels", Path(self.predict_dir) / "overlays"]
+
     def output_dir(self) -> Path:
         if self.predict_dir is not None:
             return Path(self.predict_dir)
@@ -200,3 +236,7 @@ def _under_cli() -> bool:
 
 def _nan_to_none(value: float) -> float | None:
     return None if value != value else float(value)
+
+
+def _plain_size(value):
+    return list(value) if value is not None else None

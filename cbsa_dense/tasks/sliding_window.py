@@ -45,6 +45,21 @@ class SlidingWindowInference:
         self.flip = flip
         self.window_batch = window_batch
 
+    def config(self) -> dict:
+        """This protocol as a LightningCLI ``class_path`` / ``init_args`` dict (stored in checkpoints)."""
+        return {"class_path": f"{type(self).__module__}.{type(self).__name__}",
+                "init_args": {"window": list(self.window) if self.window else None,
+                              "stride": list(self.stride) if self.stride else None,
+                              "scales": list(self.scales), "flip": self.flip, "window_batch": self.window_batch}}
+
+    def describe(self) -> str:
+        """One line for the user, e.g. ``sliding window 512x512, stride 341x341, scales [1.0], no flip``."""
+        if self.window is None:
+            where = "whole image"
+        else:
+            where = (f"sliding window {self.window[0]}x{self.window[1]}, stride {self.stride[0]}x{self.stride[1]}")
+        return f"{where}, scales {list(self.scales)}, {'with' if self.flip else 'no'} flip"
+
     def slide(self, model: Model, images: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Sliding-window logits (B, num_classes, H, W) of images (B, 3, H, W)."""
         b, _, h, w = images.shape

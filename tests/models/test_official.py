@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import yaml
 
 import cbsa_dense
-from cbsa_dense.models.official import convert_segmenter_state_dict
+from cbsa_dense.errors import CheckpointError
+from cbsa_dense.models.official import convert_segmenter_state_dict, read_variant
 
 D, DEPTH, HEADS, PATCH, IMAGE = 32, 2, 2, 8, 32          # encoder
 DEC_LAYERS, DEC_HEADS, DEC_HEAD_DIM, N_CLS = 2, 3, 10, 5  # decoder (the release: 3 heads x 100)
@@ -41,11 +42,18 @@ def synthetic_release(tmp_path, normalization="vit"):
                    p + "fn.step_x": r(DEC_HEADS, 1, 1, scale=1.0), p + "fn.step_rep": r(DEC_HEADS, 1, 1, scale=1.0),
                    p + "fn.to_out.weight": r(D, inner), p + "fn.to_out.bias": r(D)})
     torch.save({"model": sd, "optimizer": {}, "epoch": 3}, tmp_path / "checkpoint.pth")
-    variant = {"net_kwargs": {"backbone": "vit_tiny_patch16_384", "d_model": D, "n_heads": HEADS, "n_layers": DEPTH,
-                              "patch_size": PATCH, "image_size": [IMAGE, IMAGE], "normalization": normalization,
+    # As the authors' train script writes it: yaml.dump of a dict holding real tuples (-> !!python/tuple tags).
+    variant = {"algorithm_kwargs": {"batch_size": 8, "eval_freq": 4, "num_epochs": 64},
+               "dataset_kwargs": {"crop_size": IMAGE, "dataset": "ade20k", "image_size": IMAGE,
+                                  "normalization": normalization},
+               "net_kwargs": {"backbone": "vit_tiny_patch16_384", "d_model": D, "n_heads": HEADS, "n_layers": DEPTH,
+                              "patch_size": PATCH, "image_size": (IMAGE, IMAGE), "normalization": normalization,
+                              "drop_path_rate": 0.1, "dropout": 0.0,
                               "decoder": {"name": "cbsa", "n_layers": DEC_LAYERS, "n_heads": DEC_HEADS,
-                                          "dropout": 0.0}, "n_cls": N_CLS}}
-    (tmp_path / "variant.yml").write_text(yaml.safe_dump(variant))
+                                          "dropout": 0.0, "drop_path_rate": 0.0}, "n_cls": N_CLS},
+               "optimizer_kwargs": {"lr": 0.001, "momentum": 0.9, "poly_power": 0.9, "poly_step_size": 1},
+               "inference_kwargs": {"im_size": IMAGE, "window_size": IMAGE, "window_stride": (IMAGE // 2,)}}
+    (tmp_path / "variant.yml").write_text(yaml.dump(variant))
     return sd
 
 
@@ -112,6 +120,7 @@ def reference_segmenter(sd, im, mean, std):
 @pytest.mark.parametrize("size", [32, 40, 37])   # training size; resized position embedding; padding
 def test_outputs_equal_the_authors_forward(tmp_path, size):
     sd = synthetic_release(tmp_path)
+    assert "image_size: !!python/tuple" in (tmp_path / "variant.yml").read_text()    # what releases hold
     model = cbsa_dense.load_official_checkpoint(tmp_path / "checkpoint.pth")
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -126,11 +135,27 @@ def test_any_size_imagenet_normalization_and_errors(tmp_path):
     model = cbsa_dense.load_official_checkpoint(tmp_path / "checkpoint.pth")
     assert torch.allclose(model.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
     assert model(torch.rand(1, 3, 29, 51)).shape == (1, N_CLS, 29, 51)       # non-square works in our model
-    with pytest.raises(ValueError, match="unknown key 'decoder.extra'"):
+    with pytest.raises(CheckpointError, match="unknown key 'decoder.extra'"):
         convert_segmenter_state_dict({**sd, "decoder.extra": torch.zeros(1)})
     (tmp_path / "variant.yml").unlink()
-    with pytest.raises(FileNotFoundError, match="variant.yml"):
+    with pytest.raises(CheckpointError, match="variant.yml not found"):
         cbsa_dense.load_official_checkpoint(tmp_path / "checkpoint.pth")
+    with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
+        cbsa_dense.load_official_checkpoint(tmp_path / "nowhere.pth")
+
+
+def test_variant_yml_reads_tuples_and_refuses_other_python_tags(tmp_path):
+    path = tmp_path / "variant.yml"
+    path.write_text(yaml.dump({"net_kwargs": {"d_model": 8, "n_heads": 2, "patch_size": 16, "n_cls": 3,
+                                              "image_size": (512, 512)}}))
+    assert read_variant(path)["image_size"] == (512, 512)
+    path.write_text("net_kwargs: !!python/object/apply:os.system [echo hi]\n")
+    with pytest.raises(CheckpointError, match=r"cannot read .*variant\.yml at line 1: could not determine a "
+                                              r"constructor for the tag 'tag:yaml.org,2002:python/object/apply:os"):
+        read_variant(path)
+    path.write_text(yaml.dump({"net_kwargs": {"d_model": 8, "n_cls": 3}}))
+    with pytest.raises(CheckpointError, match=r"variant\.yml: net_kwargs lacks \['n_heads', 'patch_size'\]"):
+        read_variant(path)
 
 
 def test_task_starts_from_official_weights(tmp_path):
@@ -138,7 +163,7 @@ def test_task_starts_from_official_weights(tmp_path):
     from cbsa_dense.tasks.segmentation import SegmentationTask
 
     sd = synthetic_release(tmp_path)
-    variant = yaml.safe_load((tmp_path / "variant.yml").read_text())["net_kwargs"]
+    variant = read_variant(tmp_path / "variant.yml")
     task = SegmentationTask(build_from_variant(variant, sd), weights=str(tmp_path / "checkpoint.pth"))
     report = task.load_weights(task.weights)
     assert not report.missing and not report.mismatched

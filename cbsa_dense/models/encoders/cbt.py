@@ -132,29 +132,64 @@ _CBT_RULES = [
     (r"^transformer\.layers\.(\d+)\.0\.fn\.(step_x|step_rep)$", r"blocks.\1.attn.\2"),
     (r"^transformer\.layers\.(\d+)\.1\.norm\.", r"blocks.\1.norm2."),
     (r"^transformer\.layers\.(\d+)\.1\.fn\.weight$", r"blocks.\1.ista.weight"),
-    (r"^to_patch_embedding\.", "patch_embed."),
     (r"^pos_embedding$", "pos_embed"),
     (r"^mlp_head\.0\.", "norm."),
     (r"^mlp_head\.1\.", "head."),
 ]
+
+#: The released stem: ``proj = Sequential(conv3x3, GELU, conv3x3, GELU, conv3x3, GELU, conv3x3)`` with
+#: ``conv3x3 = Sequential(Conv2d, SyncBatchNorm)``: stage ``s`` is ``proj.{2s}.0`` (conv), ``proj.{2s}.1`` (BN).
+_RELEASED_STEM = re.compile(r"^to_patch_embedding\.proj\.(\d+)\.([01])\.(.+)$")
+
+
+def _stem_key(key: str) -> str | None:
+    """Released nested stem key -> :class:`ConvStem`'s flat ``patch_embed.proj.{3s, 3s+1}`` key."""
+    match = _RELEASED_STEM.match(key)
+    if not match or int(match.group(1)) % 2:
+        return None
+    stage, part, rest = int(match.group(1)) // 2, int(match.group(2)), match.group(3)
+    return f"patch_embed.proj.{3 * stage + part}.{rest}"
 
 
 def convert_cbt_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a released CBT classification state dict (``*.pth.tar`` ``state_dict``) to :class:`CBTEncoder`.
 
     Pure function: strips ``module.``, renames ``transformer.layers.{i}.0.*`` (attention),
-    ``.1.*`` (ISTA), the stem, position embedding and ``mlp_head``. Keys it does not know are kept
-    as they are (so :func:`~cbsa_dense.models.checkpoint.load_matching` reports them). Load the
-    result into a ``CBTEncoder(legacy_shifted_grid=True, num_classes=1000)`` to reproduce the
-    released model exactly.
+    ``.1.*`` (ISTA), the nested conv stem (``to_patch_embedding.proj.{0,2,4,6}.{0,1}.*`` -> our flat
+    ``patch_embed.proj.{0,1,3,4,6,7,9,10}.*``), the position embedding and ``mlp_head``. Keys it does
+    not know are kept as they are (so :func:`~cbsa_dense.models.checkpoint.load_matching` reports them).
+    Load the result into a ``CBTEncoder(legacy_shifted_grid=True, num_classes=1000)`` to reproduce the
+    released model exactly (:func:`cbsa_dense.models.official.load_cbt_checkpoint` does all of this).
     """
     out = {}
     for key, value in state_dict.items():
         key = key[len("module."):] if key.startswith("module.") else key
-        for pattern, repl in _CBT_RULES:
-            new, count = re.subn(pattern, repl, key)
-            if count:
-                key = new
-                break
+        stem = _stem_key(key)
+        if stem is not None:
+            key = stem
+        else:
+            for pattern, repl in _CBT_RULES:
+                new, count = re.subn(pattern, repl, key)
+                if count:
+                    key = new
+                    break
         out[key] = value
+    return out
+
+
+def adapt_cbt_state_dict(state_dict: dict[str, torch.Tensor], encoder: CBTEncoder) -> dict[str, torch.Tensor]:
+    """A released CBT state dict for ``encoder`` (e.g. as a segmentation backbone): converted
+    (:func:`convert_cbt_checkpoint`), the position embedding resampled to the encoder's grid, and the
+    classification head dropped when the encoder has none."""
+    from timm.layers import resample_abs_pos_embed
+
+    out = convert_cbt_checkpoint(state_dict)
+    if encoder.head is None:
+        out = {k: v for k, v in out.items() if not k.startswith("head.")}
+    pos = out.get("pos_embed")
+    if pos is not None and pos.ndim == 3 and pos.shape != encoder.pos_embed.shape:
+        old = round((pos.shape[1] - 1) ** 0.5)
+        if old * old == pos.shape[1] - 1 and pos.shape[2] == encoder.pos_embed.shape[2]:
+            out["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(encoder.patch_embed.grid_size),
+                                                      old_size=[old, old], num_prefix_tokens=1)
     return out
