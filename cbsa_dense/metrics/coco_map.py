@@ -7,13 +7,17 @@ fixes the thresholds to float64, uses the faster_coco_eval backend, and expects 
 results list into the metric's inputs, so ``cbsa-dense score coco`` and the training task run the same
 evaluation code.
 
-Two pitfalls of the torchmetrics conversion are handled here:
+Pitfalls of the torchmetrics conversion are handled here:
 
 - with ``iou_type="segm"`` alone, torchmetrics drops images without ground-truth masks, so detections on
   them would not count as false positives (pycocotools counts them): segm is always evaluated together
   with bbox;
 - box coordinates are kept in float64 so json values reach the evaluator unchanged;
 - images are fed in increasing id order, as pycocotools ranks detections of equal score.
+- under DDP, Lightning's ``DistributedSampler`` pads the ranks' shares to equal length by repeating
+  images (torchmetrics' per-image sync needs equal counts, so an unpadded sampler would hang it): given
+  ``image_ids`` at ``update``, :meth:`COCOMeanAveragePrecision.compute` counts each image once, in
+  increasing id order, so DDP and a single process give the same numbers.
 
 Detection limits (``max_detection_thresholds``, COCO's ``maxDets``; default ``[1, 10, 100]``): every
 number except ``AR{m}`` of the two smaller limits is computed at the LARGEST limit (AP, AP50, AP75, APs/m/l,
@@ -60,6 +64,10 @@ COCO_STATS: dict[str, str] = {
 }
 
 IouType = Literal["bbox", "segm"]
+
+#: torchmetrics ``MeanAveragePrecision`` states that hold one entry per image.
+_PER_IMAGE_STATES = ("detection_box", "detection_mask", "detection_scores", "detection_labels", "groundtruth_box",
+                     "groundtruth_mask", "groundtruth_labels", "groundtruth_crowds", "groundtruth_area")
 
 #: COCO's detection limits per image (``maxDets``).
 COCO_MAX_DETS: tuple[int, int, int] = (1, 10, 100)
@@ -121,6 +129,59 @@ class COCOMeanAveragePrecision(MeanAveragePrecision):
                          max_detection_thresholds=max_dets, class_metrics=class_metrics,
                          backend="faster_coco_eval", **kwargs)
         self.warn_on_many_detections = False
+        # One (1,) int64 tensor per image, synced like torchmetrics' per-image states (same order after sync).
+        self.add_state("image_ids", default=[], dist_reduce_fx=None)
+
+    def update(self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]],
+               image_ids: Sequence[int] | Tensor | None = None) -> None:
+        """Add a batch of images (torchmetrics' ``preds`` / ``target`` per image).
+
+        Args:
+            preds: detections per image.
+            target: ground truth per image.
+            image_ids: the images' ids (give them at every update or never). With ids, :meth:`compute`
+                counts each image once (the first copy) and feeds images in increasing id order, so a
+                DDP run whose ``DistributedSampler`` pads the last batches with repeated images, or
+                hands them out in another order, gives exactly the single-process numbers.
+        """
+        if image_ids is not None:
+            ids = [int(i) for i in (image_ids.reshape(-1).tolist() if isinstance(image_ids, Tensor) else image_ids)]
+            if len(ids) != len(target):
+                raise ValueError(f"image_ids has {len(ids)} ids for {len(target)} images")
+        super().update(preds, target)
+        if image_ids is not None:
+            self.image_ids.extend(torch.tensor([i], dtype=torch.int64, device=self.device) for i in ids)
+
+    def _image_order(self) -> list[int] | None:
+        """Positions of the images to evaluate: the first copy of each id, in increasing id order
+        (``None``: no ids given, every image as fed)."""
+        if not self.image_ids:
+            return None
+        if len(self.image_ids) != len(self.groundtruth_labels):
+            raise ValueError(f"image_ids given for {len(self.image_ids)} of {len(self.groundtruth_labels)} images; "
+                             "give them at every update or never")
+        first: dict[int, int] = {}
+        for position, image_id in enumerate(self.image_ids):
+            first.setdefault(int(image_id.reshape(-1)[0]), position)
+        return [first[i] for i in sorted(first)]
+
+    def compute(self) -> dict:
+        """torchmetrics' result over the (synced) states, each image counted once when ids were given."""
+        order = self._image_order()
+        if order is None:
+            return super().compute()
+        n = len(self.image_ids)
+        saved = {name: getattr(self, name) for name in _PER_IMAGE_STATES}
+        try:
+            for name, value in saved.items():
+                if len(value) == n:
+                    setattr(self, name, [value[i] for i in order])
+                elif len(value):
+                    raise ValueError(f"metric state {name} holds {len(value)} entries for {n} images")
+            return super().compute()
+        finally:  # compute must not change the accumulated (local) state
+            for name, value in saved.items():
+                setattr(self, name, value)
 
     def coco_stats(self, result: dict[str, Tensor] | None = None, iou_type: IouType = "bbox") -> dict[str, float]:
         """The 12 COCO numbers (``AP``, ``AP50``, ... ``ARl``; ``AR{m}`` per detection limit) of one IoU type as
