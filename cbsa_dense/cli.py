@@ -15,19 +15,24 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
-from cbsa_dense.errors import OutputError, UserError, user_message
+from cbsa_dense.cli_checks import (
+    apply_eval_protocol,
+    check_config_files,
+    check_writable,
+    condense_parse_error,
+)
+from cbsa_dense.errors import ConfigError, OutputError, UserError, user_message
 
 #: Extra subcommands: name -> (module with ``main(argv)``, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,7 +63,12 @@ class CBSADenseCLI(LightningCLI):
         it with a bare ``torch.load`` and replaces the configured model with the checkpoint's task. A bad
         file (missing, a directory, truncated, foreign) or another task's checkpoint fails here, one line.
         A ``fit``'s ``--model.init_args.weights`` file is checked the same way (before any data setup)."""
-        super().parse_arguments(parser, args)
+        for each in (parser, *getattr(self, "_subcommand_parsers", {}).values()):
+            each.exit_on_error = False            # parse errors come back here, to be told in one line
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise ConfigError(condense_parse_error(str(error))) from error
         subcommand = self.config.get("subcommand")
         if subcommand and self.config.get(subcommand) is not None:
             from cbsa_dense.models.checkpoint import check_ckpt_path, check_weights_path
@@ -114,79 +124,6 @@ class CBSADenseCLI(LightningCLI):
                 raise OutputError(f"{path} already holds predictions ({len(existing)} entries); pass --overwrite "
                                   "to replace them, or write to another folder")
             check_writable(path if path.is_dir() or not path.suffix else path.parent, "the prediction output")
-
-
-def apply_eval_protocol(config, stored: dict, ckpt_path: str) -> dict[str, str]:
-    """Fill the evaluation protocol of a parsed ``validate``/``test``/``predict`` config from a checkpoint.
-
-    ``model.init_args.inference`` is taken from ``stored["inference"]`` when the config leaves it
-    ``None``; the datamodule's ``eval_scale`` from ``stored["eval_scale"]`` when the config keeps the
-    datamodule class's default. Prints one line with the protocol and the source of each part.
-
-    Returns:
-        ``{"inference": source, "eval_scale": source}`` for the parts that apply.
-    """
-    from jsonargparse import Namespace
-
-    from cbsa_dense.tasks.sliding_window import SlidingWindowInference
-
-    model_args = getattr(config.get("model"), "init_args", None)
-    sources: dict[str, str] = {}
-    parts = []
-    if model_args is not None and "inference" in model_args:
-        source = "config/command line"
-        if model_args.get("inference") is None:
-            source = "default: whole image; the checkpoint records no protocol"
-            if stored.get("inference"):
-                inference = stored["inference"]
-                model_args["inference"] = Namespace(class_path=inference["class_path"],
-                                                    init_args=Namespace(**inference["init_args"]))
-                source = "checkpoint"
-        spec = model_args.get("inference")
-        described = (SlidingWindowInference(**dict(vars(spec.init_args))) if spec is not None
-                     else SlidingWindowInference()).describe()
-        sources["inference"] = source
-        parts.append(f"inference {described} (from the {source})")
-    data = config.get("data")
-    data_args = getattr(data, "init_args", None)
-    if data_args is not None and "eval_scale" in data_args:
-        source = "config/command line"
-        if "eval_scale" in stored and _is_class_default(data.class_path, "eval_scale", data_args["eval_scale"]):
-            data_args["eval_scale"] = tuple(stored["eval_scale"]) if stored["eval_scale"] is not None else None
-            source = "checkpoint"
-        value = data_args["eval_scale"]
-        sources["eval_scale"] = source
-        parts.append(f"eval_scale {list(value) if value is not None else None} (from the {source})")
-    if parts and rank_zero_only.rank == 0:
-        print(f"evaluation protocol of {ckpt_path}: " + "; ".join(parts), file=sys.stderr)
-    return sources
-
-
-def _is_class_default(class_path: str, name: str, value) -> bool:
-    import inspect
-
-    module, _, cls_name = class_path.rpartition(".")
-    try:
-        parameter = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters[name]
-    except (ImportError, AttributeError, KeyError, ValueError):
-        return False
-    return _as_list(parameter.default) == _as_list(value)
-
-
-def _as_list(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def check_writable(directory: str | Path, what: str) -> None:
-    """Create ``directory`` if needed and make sure a file can be written there (OutputError if not)."""
-    path = Path(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".cbsa-dense-write-test-"):
-            pass
-    except OSError as error:
-        raise OutputError(f"cannot write {what} {path}: {error.strerror or error}; choose a writable location") \
-            from error
 
 
 def _model_from_checkpoint(argv: list[str]) -> list[str]:
@@ -257,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_known_noise()
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
-    subcommand = " ".join(argv[:2] if argv[:1] == ["score"] else argv[:1])
+    subcommand = " ".join(argv[:2] if argv[:1] == ["score"] and argv[1:2] in (["seg"], ["coco"]) else argv[:1])
     subcommand = "" if subcommand.startswith("-") else subcommand.split(" -")[0]
     overwrite = subcommand == "predict" and "--overwrite" in argv
     argv = [a for a in argv if a != "--traceback" and not (overwrite and a == "--overwrite")]
@@ -281,10 +218,14 @@ def _user_error_in_chain(error: BaseException) -> UserError | None:
     the Union subtypes", raised from the constructor's exception. Only explicit causes are followed: an
     exception raised while *handling* a user error is a bug and keeps its traceback.
     """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, UserError):
             return error
+        if isinstance(error, MisconfigurationException):      # Lightning's own "your settings conflict"
+            return ConfigError(f"{error} (Lightning)")
         seen.add(id(error))
         error = error.__cause__
     return None
@@ -294,6 +235,7 @@ def _run(argv: list[str], from_console: bool, overwrite: bool = False) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
+    check_config_files(argv)
     argv = _model_from_checkpoint(argv)
     if from_console:                      # LightningCLI warns when both sys.argv and args are given
         sys.argv[1:] = argv

@@ -124,3 +124,14 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tmp_path, capsys):
     assert reference.keys() == resumed.keys()
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+
+
+def test_lightning_misconfiguration_is_one_line(tmp_path, capsys):
+    line = cli_user_error(["fit", *_tiny_seg(tmp_path, "--trainer.logger", "false")], capsys)
+    assert "LearningRateMonitor" in line and line.endswith("(Lightning)")
+
+
+def test_detection_head_class_count_is_one_line(tmp_path, capsys):
+    line = cli_user_error(["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"), "--data.init_args.root",
+                           str(tmp_path / "data"), "--model.init_args.num_classes", "0"], capsys)
+    assert "num_classes must be >= 1, got 0" in line

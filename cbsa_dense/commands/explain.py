@@ -42,22 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from cbsa_dense.cli_checks import check_writable
     from cbsa_dense.data.seg_labels import read_image
+    from cbsa_dense.errors import ConfigError
     from cbsa_dense.interpret.capture import capture_extractions, cbsa_layers
     from cbsa_dense.interpret.forward import forward_any, render_output
     from cbsa_dense.interpret.inputs import list_images, to_model_input
     from cbsa_dense.interpret.render import pixel_token, save_explanation
     from cbsa_dense.tasks.loading import load_task
 
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images {args.max_images}: give a positive number of images (or leave it out)")
+    if args.pixel and min(args.pixel) < 0:
+        raise ConfigError(f"--pixel {args.pixel[0]} {args.pixel[1]}: give a (y, x) pixel inside the images, >= 0")
+    paths = list_images(args.images)[: args.max_images]
+    check_writable(args.output, "--output")
     task = load_task(args.ckpt_path)
     info = dict(getattr(task, "data_info", None) or {})
     mean, std = info.get("mean", IMAGENET_MEAN), info.get("std", IMAGENET_STD)
     layer_names = [name for name, _ in cbsa_layers(task.model)]
     if not layer_names:
-        print(f"error: {args.ckpt_path}: the model has no CBSA layer to explain", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{args.ckpt_path}: the model has no CBSA layer to explain")
     layers = sorted(set(args.layers) | ({args.zero_shot_layer} if args.zero_shot_masks else set()))
-    paths = list_images(args.images)[: args.max_images]
     out_dir = Path(args.output)
     written, confusion, zero_shot_layer = [], None, None
     for path in tqdm(paths, desc="explain", disable=not sys.stderr.isatty()):
@@ -73,8 +79,10 @@ def main(argv: list[str]) -> int:
             heads = record.extraction.shape[1]
             for head in args.heads:
                 if not 0 <= head < heads:
-                    print(f"error: head {head} out of range: {record.name} has {heads} heads", file=sys.stderr)
-                    return 2
+                    raise ConfigError(f"--heads {head} is out of range: {record.name} has {heads} heads (0..{heads - 1})")
+                if args.pixel and not (args.pixel[0] < image.shape[0] and args.pixel[1] < image.shape[1]):
+                    raise ConfigError(f"--pixel {args.pixel[0]} {args.pixel[1]} is outside image {path} "
+                                      f"({image.shape[0]}x{image.shape[1]}, HxW): give a (y, x) inside every image")
                 query = pixel_token(record, tuple(args.pixel), image.shape[:2]) if args.pixel else None
                 name = f"{path.stem}_layer{layer}_head{head}.png"
                 save_explanation(out_dir / name, image, record, 0, head, prediction=prediction, query_token=query,

@@ -20,13 +20,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from pathlib import Path
+
+    from cbsa_dense.cli_checks import check_writable
+    from cbsa_dense.errors import ConfigError, OutputError, UserError
     from cbsa_dense.export import export_checkpoint
 
+    if not args.tolerance >= 0:
+        raise ConfigError(f"--tolerance {args.tolerance}: give the largest allowed difference, a number >= 0")
+    output = Path(args.output)
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a directory: give the model file to write, e.g. {output / 'model'}"
+                          f"{'.onnx' if args.format == 'onnx' else '.pt'}")
+    check_writable(output.parent, "--output's folder")
     try:
         result = export_checkpoint(args.ckpt_path, args.output, args.format,
                                    tuple(args.image_size) if args.image_size else None, args.tolerance)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except UserError:
+        raise
+    except ValueError as err:                          # the parity check failed: a result, not a user error
+        print(f"cbsa-dense export: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"model": str(result.model_path), "sidecar": str(result.sidecar_path),
                       "max_abs_diff": result.max_abs_diff}))

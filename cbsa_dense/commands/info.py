@@ -30,7 +30,14 @@ def build_model_from_config(config: dict) -> nn.Module:
         raise ConfigError("the config has no 'model' section")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model")
-    cfg = parser.parse_object({"model": config["model"]})
+    from jsonargparse import ArgumentError
+
+    from cbsa_dense.cli_checks import condense_parse_error
+
+    try:
+        cfg = parser.parse_object({"model": config["model"]})
+    except ArgumentError as error:
+        raise ConfigError(condense_parse_error(str(error))) from error
     return parser.instantiate_classes(cfg).model
 
 
@@ -132,8 +139,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"config file {args.config} does not exist")
-    config = yaml.safe_load(args.config.read_text()) or {}
+    from cbsa_dense.cli_checks import check_config_file
+
+    check_config_file(args.config)
+    config = yaml.safe_load(args.config.read_text())
     size = tuple(args.image_size) if args.image_size else _default_size(config)
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"--image-size {size[0]} {size[1]}: give two positive integers (height, width)")
     with torch.device("meta"):
         model = build_model_from_config(config)
     result = {"config": str(args.config), **count(model, size)}

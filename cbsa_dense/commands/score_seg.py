@@ -37,6 +37,10 @@ def _prepare(values: np.ndarray, reduce_zero: bool, ignore_index: int) -> np.nda
     return reduce_zero_label(values) if reduce_zero else values
 
 
+#: Largest ``--num-classes``: the (C, C) int64 confusion matrix stays within 2 GiB.
+MAX_CLASSES = 16384
+
+
 def score_dirs(pred_dir: Path, gt_dir: Path, num_classes: int, reduce_zero: bool = False,
                ignore_index: int = IGNORE_INDEX) -> dict:
     """Score every ``gt_dir/*.png`` against ``pred_dir/<same stem>.png``; returns the JSON-ready dict."""
@@ -45,6 +49,10 @@ def score_dirs(pred_dir: Path, gt_dir: Path, num_classes: int, reduce_zero: bool
             raise DataError(f"{flag} folder {folder} does not exist; give the folder of label PNGs")
     if num_classes < 1:
         raise ConfigError(f"--num-classes {num_classes}: give the number of classes (>= 1)")
+    if num_classes > MAX_CLASSES:
+        raise ConfigError(f"--num-classes {num_classes} is more than {MAX_CLASSES}: its {num_classes}x{num_classes} "
+                          f"confusion matrix would need {num_classes ** 2 * 8 / 2 ** 30:.0f} GiB; give the real "
+                          f"number of classes")
     gts = sorted(gt_dir.glob("*.png"))
     if not gts:
         raise DataError(f"no ground-truth PNGs in {gt_dir}; give the folder of ground-truth label PNGs as --gt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -12,6 +13,7 @@ from cbsa_dense.data.coco_dataset import COCODetectionDataset, COCOFormatError, 
 from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 from cbsa_dense.data.loaders import train_loader
 from cbsa_dense.data.seeding import seed_worker
+from cbsa_dense.data.seg_transforms import check_normalization, check_ratio_range
 from cbsa_dense.errors import ConfigError, DataError
 
 
@@ -28,6 +30,28 @@ def _empty_training_set(json_path: Path, coco) -> str:
             f"{dropped}; of the {len(coco.imgs)} images kept, {without} have no annotation and {crowd_only} only "
             f"crowd regions ({len(kept_anns)} annotations kept); training needs images with non-crowd objects: "
             "check train_json / train_images")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_settings(image_size, scale_range, hflip, min_box_size, mean, std, batch_size, eval_batch_size,
+                    num_workers) -> None:
+    """ConfigError naming the first invalid data setting (checked at construction, before any work)."""
+    for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
+                             ("eval_batch_size", eval_batch_size, 1), ("num_workers", num_workers, 0)):
+        if name == "eval_batch_size" and value is None:
+            continue
+        if not _is_int(value) or value < low:
+            raise ConfigError(f"data {name}={value!r} is invalid: give an integer >= {low}"
+                              + (" (or null: the training batch size)" if name == "eval_batch_size" else ""))
+    check_ratio_range(scale_range, "scale_range")
+    if not isinstance(hflip, (int, float)) or not 0 <= hflip <= 1:
+        raise ConfigError(f"data hflip={hflip!r} is invalid: give a flip probability in [0, 1]")
+    if not isinstance(min_box_size, (int, float)) or not 0 <= min_box_size < float("inf"):
+        raise ConfigError(f"data min_box_size={min_box_size!r} is invalid: give a box side in pixels >= 0")
+    check_normalization(mean, std)
 
 
 class COCODetectionDataModule(LightningDataModule):
@@ -74,6 +98,9 @@ class COCODetectionDataModule(LightningDataModule):
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
                  eval_batch_size: int | None = None, num_workers: int = 2, allow_outside_root: bool = False) -> None:
         super().__init__()
+        _check_settings(image_size=image_size, scale_range=scale_range, hflip=hflip, min_box_size=min_box_size,
+                        mean=mean, std=std, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                        num_workers=num_workers)
         self.save_hyperparameters()
         self.root = root
         self.splits = {

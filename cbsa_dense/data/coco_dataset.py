@@ -52,7 +52,8 @@ def read_json(path: str | Path) -> Any:
     """Parse a json file; a syntax error is a :class:`COCOFormatError` naming the file, line and column."""
     path = Path(path)
     if not path.is_file():
-        raise COCOFormatError(f"{path}: file does not exist; check the path")
+        state = "is a directory, not a json file" if path.is_dir() else "file does not exist"
+        raise COCOFormatError(f"{path}: {state}; check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -95,6 +96,33 @@ def bbox_problem(box: Any) -> str | None:
     return None
 
 
+def rle_string_counts(text: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, in Python), or ``None``
+    when the string is not one: pycocotools reads past the end of a malformed string and can crash the
+    process, so strings are checked here before pycocotools sees them."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value = shift = 0
+        more = True
+        while more:
+            if position >= len(text):
+                return None                            # a run cut off in the middle
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                return None                            # not a character of the encoding ('0'..'o')
+            value |= (code & 0x1F) << (5 * shift)
+            more = bool(code & 0x20)
+            position += 1
+            shift += 1
+            if not more and code & 0x10:
+                value |= -1 << (5 * shift)
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
 def segmentation_problem(segm: Any, height: int | None, width: int | None) -> tuple[str, str] | None:
     """``(reason, detail)`` when ``segm`` is not a valid COCO polygon list or RLE for an image of that size."""
     if isinstance(segm, list):
@@ -113,6 +141,12 @@ def segmentation_problem(segm: Any, height: int | None, width: int | None) -> tu
             return "malformed segmentation", f"RLE size {_short(size)} is not [height, width]"
         if not (isinstance(counts, str) or isinstance(counts, list) and all(_is_id(v) and v >= 0 for v in counts)):
             return "malformed segmentation", f"RLE counts {_short(counts)} is neither a string nor a list of counts"
+        if isinstance(counts, str):
+            decoded = rle_string_counts(counts)
+            if decoded is None or any(v < 0 for v in decoded):
+                return "malformed segmentation", (f"RLE counts {_short(counts)} is not a valid compressed RLE string "
+                                                  "(pycocotools.mask.encode writes them)")
+            counts = decoded
         if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
             return "malformed segmentation", (f"RLE counts sum to {sum(counts)}, not height x width = "
                                               f"{size[0] * size[1]} of its size {list(size)}")

@@ -1,13 +1,21 @@
-"""Training loaders whose order and augmentations are a pure function of (seed, epoch, position).
+"""Training loaders whose order and augmentations are a pure function of (seed, epoch, position), and
+evaluation loaders that shard over DDP ranks without counting any image twice.
 
-That makes a run resumable mid-epoch with bit-identical results (see
+Training: a run is resumable mid-epoch with bit-identical results (see
 :class:`~cbsa_dense.callbacks.ExactResume`): the sampler's permutation depends only on the seed and
 the epoch, it can start at any position, and each sample's augmentation RNG is seeded from
 (seed, epoch, index) instead of a stream that a restart would lose.
+
+Evaluation (:func:`eval_loader`): under DDP, Lightning would insert a ``DistributedSampler`` that pads the
+ranks' shares to equal length by repeating the first images, so a dataset-level sum (mIoU's confusion
+matrix) would count those images twice. :class:`PaddedEvalSampler` keeps the equal shares (every rank runs
+the same number of steps, so no collective can hang) but marks the repeats: their samples carry
+``PADDING_KEY: True`` and the task leaves them out of its metrics.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sized
 
@@ -15,6 +23,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cbsa_dense.data.seeding import seed_transform, seed_worker
+
+PADDING_KEY = "padding"
+"""Sample key of :class:`MarkPadding`: ``True`` for a repeat that only evens out the DDP ranks' shares."""
 
 
 class ResumableSampler(DistributedSampler):
@@ -96,3 +107,75 @@ def train_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, seed: 
     return DataLoader(seeded, batch_size=batch_size, sampler=ResumableSampler(seeded, seed),
                       num_workers=num_workers, collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
                       worker_init_fn=seed_worker, persistent_workers=False)
+
+
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of the initialized ``torch.distributed`` process group, else (1, 0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class PaddedEvalSampler(DistributedSampler):
+    """In-order evaluation shard of one DDP rank, padded like Lightning's but with the padding marked.
+
+    Rank ``r`` of ``W`` reads positions ``r, r + W, ...`` of ``0, 1, ..., N - 1`` followed by repeats of
+    ``0, 1, ...`` up to a multiple of ``W`` (``torch``'s ``DistributedSampler`` order, ``shuffle=False``): the
+    same number of samples, hence of steps, on every rank, even when ``N < W``. It yields ``(index, repeat)``
+    pairs, which :class:`MarkPadding` turns into samples with ``PADDING_KEY = repeat``.
+
+    Args:
+        dataset: the (sized) dataset.
+        num_replicas: world size (default: from ``torch.distributed``, else 1).
+        rank: this process's rank (default: from ``torch.distributed``, else 0).
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None) -> None:
+        world, this_rank = distributed_world()
+        super().__init__(dataset, num_replicas=world if num_replicas is None else num_replicas,
+                         rank=this_rank if rank is None else rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        size = len(self.dataset)
+        order = list(range(size))
+        if size:
+            order += (order * math.ceil(self.total_size / size))[:self.total_size - size]
+        return iter((index, position >= size)
+                    for position, index in enumerate(order) if position % self.num_replicas == self.rank)
+
+
+class MarkPadding(Dataset):
+    """Wrap a dataset of dict samples: item ``(index, repeat)`` (from :class:`PaddedEvalSampler`) is
+    ``dataset[index]`` plus ``PADDING_KEY: repeat``; a plain ``index`` is not a repeat."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, bool]) -> dict:
+        index, repeat = key if isinstance(key, tuple) else (key, False)
+        return {**self.dataset[index], PADDING_KEY: bool(repeat)}
+
+    def __getattr__(self, name: str):
+        # no dunders: a forwarded ``__getitems__`` would make the DataLoader bypass ``__getitem__``
+        if name == "dataset" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, collate_fn: Callable | None = None,
+                pin_memory: bool = False) -> DataLoader:
+    """An in-order validation/test DataLoader that scores every image exactly once under DDP.
+
+    One process: a plain sequential loader (unchanged). Under DDP (an initialized process group with more
+    than one rank): :class:`PaddedEvalSampler` over :class:`MarkPadding` (a ``DistributedSampler``, which
+    Lightning uses as is); each rank runs the same number of steps and the repeats that even out the last
+    round carry ``PADDING_KEY: True`` so the metrics skip them.
+    """
+    kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
+                  worker_init_fn=seed_worker, persistent_workers=num_workers > 0)
+    if distributed_world()[0] > 1:
+        return DataLoader(MarkPadding(dataset), sampler=PaddedEvalSampler(dataset), **kwargs)
+    return DataLoader(dataset, shuffle=False, **kwargs)

@@ -14,10 +14,10 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from cbsa_dense.data.loaders import train_loader
+from cbsa_dense.data.loaders import eval_loader, train_loader
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
-from cbsa_dense.data.seg_labels import IGNORE_INDEX, default_palette
+from cbsa_dense.data.seg_labels import IGNORE_INDEX, check_unique_names, default_palette
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, SegEvalTransform, SegTrainTransform
 from cbsa_dense.errors import ConfigError
 
@@ -66,6 +66,7 @@ class SegDataModule(LightningDataModule):
                               f"value)")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        check_unique_names(self.class_names, "class_names")
         if len(self.class_names) != num_classes:
             raise ConfigError(f"class_names: {len(self.class_names)} names given for num_classes={num_classes}; "
                               f"give one name per class")
@@ -120,6 +121,11 @@ class SegDataModule(LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             self.datasets[split] = self.make_dataset(split)
+        if split != "predict":
+            # Under DDP: shards with the padding repeats marked, so the dataset-level confusion matrix counts
+            # each image once (one process: the plain in-order loader below, unchanged).
+            return eval_loader(self.datasets[split], self.val_batch_size, self.num_workers, collate_fn=seg_collate)
+        # predict: Lightning shards it over DDP ranks without repeats (``UnrepeatedDistributedSamplerWrapper``)
         return DataLoader(self.datasets[split], batch_size=self.val_batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=seg_collate, worker_init_fn=seed_worker,
                           persistent_workers=self.num_workers > 0)

@@ -149,7 +149,8 @@ class SegFolderDataModule(SegDataModule):
             return {}
         base = Path(root)
         if not base.is_dir():
-            raise DataError(f"root={root}: folder {base} does not exist (expected images/{{train,val}}, "
+            state = "is a file, not a folder" if base.exists() else "does not exist"
+            raise DataError(f"root={root}: folder {base} {state} (expected images/{{train,val}}, "
                             f"masks/{{train,val}} and {ROOT_CLASSES} in it)")
         layout = {"class_names": str(base / ROOT_CLASSES)}
         for split, (images, masks) in ROOT_LAYOUT.items():

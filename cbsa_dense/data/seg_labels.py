@@ -304,8 +304,26 @@ def load_class_names(names: Sequence[str] | str | Path) -> list[str]:
         if not path.is_file():
             raise DataError(f"class-names file {path} does not exist: give a text file with one class name "
                             f"per line, or a list of names")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8-sig")        # a BOM (Windows editors) is not part of a name
+        except UnicodeDecodeError as err:
+            raise DataError(f"class-names file {path} is not UTF-8 text ({err.reason} at byte {err.start}): write one "
+                            f"class name per line, saved as UTF-8") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise DataError(f"class-names file {path} names no classes: write one class name per line")
+        check_unique_names(names, f"class-names file {path}")
         return names
-    return [str(n) for n in names]
+    names = [str(n) for n in names]
+    check_unique_names(names, "class_names")
+    return names
+
+
+def check_unique_names(names: Sequence[str], where: str) -> None:
+    """DataError naming the first class name given twice (per-class metrics and outputs are keyed by name)."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise DataError(f"{where} names class {name!r} twice (classes {seen[name]} and {index}): per-class "
+                            f"metrics are keyed by name; give each class a distinct name")
+        seen[name] = index

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from cbsa_dense.data.seg_dataset import IMAGE_SUFFIXES
+from cbsa_dense.errors import DataError
 
 
 def list_images(sources: list[str]) -> list[Path]:
     """Expand files and directories (non-recursive, sorted) into image paths.
 
     Raises:
-        FileNotFoundError: a source does not exist, or nothing image-like was found.
+        DataError: a source does not exist, or nothing image-like was found.
     """
     paths: list[Path] = []
     for source in sources:
@@ -24,9 +25,10 @@ def list_images(sources: list[str]) -> list[Path]:
         elif path.is_file():
             paths.append(path)
         else:
-            raise FileNotFoundError(f"image source not found: {path}")
+            raise DataError(f"--images {path} does not exist: give image files or folders of images")
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {sources}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}: give image files "
+                        "or folders that hold some")
     return paths
 
 

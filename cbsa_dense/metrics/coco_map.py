@@ -246,6 +246,8 @@ def check_results(gt, results: Any, iou_type: IouType = "bbox", source: str = "r
                             f"--iou-type {'bbox' if needed == 'segmentation' else 'segm'} or add it")
         if iou_type == "bbox" or "bbox" in res:
             problem = bbox_problem(res["bbox"])
+            if not problem and min(res["bbox"][2:]) < 0:
+                problem = "negative width or height; write boxes as [x, y, width, height] with width, height >= 0"
             if problem:
                 raise DataError(f"{where} has bbox {_short(res['bbox'])}: {problem}")
         if iou_type == "segm":

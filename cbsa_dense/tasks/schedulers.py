@@ -44,6 +44,12 @@ class _WarmupSchedule(LambdaLR):
         raise NotImplementedError
 
 
+def _check_min_lr_ratio(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{name} min_lr_ratio={value!r} is invalid: give the final lr as a fraction of the base lr, "
+                          "in [0, 1]")
+
+
 class WarmupPolyLR(_WarmupSchedule):
     """``lr = base_lr * (1 - it / total) ** power`` (mmseg/Segmenter ``poly``), after optional warm-up.
 
@@ -58,6 +64,10 @@ class WarmupPolyLR(_WarmupSchedule):
 
     def __init__(self, optimizer: Optimizer, power: float = 0.9, total_iters: int | None = None,
                  warmup_iters: int = 0, warmup_ratio: float = 1e-3, min_lr_ratio: float = 0.0) -> None:
+        if not 0 <= power < math.inf:
+            raise ConfigError(f"WarmupPolyLR power={power!r} is invalid: give an exponent >= 0 (0.9 in the paper's "
+                              "recipe; 0 keeps the lr constant)")
+        _check_min_lr_ratio("WarmupPolyLR", min_lr_ratio)
         self.power = power
         self.min_lr_ratio = min_lr_ratio
         super().__init__(optimizer, total_iters, warmup_iters, warmup_ratio)
@@ -71,6 +81,7 @@ class WarmupCosineLR(_WarmupSchedule):
 
     def __init__(self, optimizer: Optimizer, total_iters: int | None = None, warmup_iters: int = 0,
                  warmup_ratio: float = 1e-3, min_lr_ratio: float = 0.0) -> None:
+        _check_min_lr_ratio("WarmupCosineLR", min_lr_ratio)
         self.min_lr_ratio = min_lr_ratio
         super().__init__(optimizer, total_iters, warmup_iters, warmup_ratio)
 

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch import nn
 
+from cbsa_dense.data.loaders import PADDING_KEY, distributed_world
 from cbsa_dense.data.seg_labels import (
     IGNORE_INDEX,
     default_palette,
@@ -142,8 +143,22 @@ class SegmentationTask(BaseTask):
                 for image, size in zip(images, sizes)]
 
     def _eval_step(self, batch: dict, metrics: SegmentationMetrics) -> None:
-        for scores, mask in zip(self.predict_scores(batch), batch["mask"]):
-            metrics.update(scores.argmax(dim=0), mask)
+        # Under DDP the eval loaders repeat a few images so that every rank runs the same number of steps
+        # (``cbsa_dense.data.loaders.eval_loader``); the repeats are marked and left out of the dataset-level
+        # sums. No collective here: the metric states are summed across ranks once, at epoch end.
+        repeats = batch.get(PADDING_KEY)
+        if repeats is None:
+            repeats = [False] * len(batch["mask"])
+            if distributed_world()[0] > 1 and not getattr(self, "_warned_unmarked_padding", False):
+                self._warned_unmarked_padding = True
+                log.warning("DDP evaluation with a loader that does not mark its DistributedSampler padding "
+                            "(no %r key in the batch): when the number of images is not a multiple of the "
+                            "world size, a few images are scored twice and the mIoU is slightly off. Build the "
+                            "val/test loaders with cbsa_dense.data.loaders.eval_loader, or evaluate on one "
+                            "device.", PADDING_KEY)
+        for scores, mask, repeat in zip(self.predict_scores(batch), batch["mask"], repeats):
+            if not repeat:
+                metrics.update(scores.argmax(dim=0), mask)
 
     def _log_scores(self, metrics: SegmentationMetrics, prefix: str) -> dict:
         scores = metrics.compute()

@@ -38,10 +38,16 @@ class SlidingWindowInference:
             stride = (max(1, (2 * window[0]) // 3), max(1, (2 * window[1]) // 3))
         if stride is not None and (len(stride) != 2 or min(stride) < 1):
             raise ConfigError(f"stride must be (height, width) > 0, got {stride}")
+        if stride is not None and window is not None and (stride[0] > window[0] or stride[1] > window[1]):
+            raise ConfigError(f"stride {tuple(stride)} is larger than window {tuple(window)}: the windows would leave "
+                              "pixels between them unpredicted; give a stride <= the window (2/3 of it is usual)")
         self.stride = tuple(stride) if stride is not None else None
         if not scales or min(scales) <= 0:
             raise ConfigError(f"scales must be positive ratios, got {scales}")
         self.scales = tuple(scales)
+        if isinstance(window_batch, bool) or not isinstance(window_batch, int) or window_batch < 1:
+            raise ConfigError(f"window_batch={window_batch!r} is invalid: give the number of windows per forward "
+                              "pass, an integer >= 1")
         self.flip = flip
         self.window_batch = window_batch
 

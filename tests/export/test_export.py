@@ -31,12 +31,22 @@ def test_export_segmentation_checkpoint_with_parity(seg_ckpt, tmp_path, capsys, 
     assert len(sidecar["mean"]) == 3 and len(sidecar["std"]) == 3
 
 
-def test_parity_failure_is_reported(seg_ckpt, tmp_path, capsys):
+def test_parity_failure_is_reported(seg_ckpt, tmp_path, capsys, monkeypatch):
+    import cbsa_dense.export
+
     with pytest.raises(ValueError, match="parity check failed"):
         export_checkpoint(seg_ckpt, tmp_path / "m.pt", "torchscript", (32, 32), tolerance=-1.0)
+
+    def failing(*args, **kwargs):
+        raise ValueError("export parity check failed for m2.pt: max |lightning - torchscript| = 0.1 > tolerance 0")
+
+    monkeypatch.setattr(cbsa_dense.export, "export_checkpoint", failing)     # the command's report of a failure
     assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "torchscript", "--output",
-                 str(tmp_path / "m2.pt"), "--image-size", "32", "32", "--tolerance", "-1"]) == 1
-    assert "parity check failed" in capsys.readouterr().err
+                 str(tmp_path / "m2.pt"), "--image-size", "32", "32"]) == 1
+    assert "cbsa-dense export: error: export parity check failed" in capsys.readouterr().err
+    # a negative tolerance is a user error at the command line
+    assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "torchscript", "--output",
+                 str(tmp_path / "m3.pt"), "--tolerance", "-1"]) == 2
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

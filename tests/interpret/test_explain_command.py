@@ -1,6 +1,5 @@
 import json
 
-import pytest
 from PIL import Image
 
 from cbsa_dense.cli import main
@@ -41,10 +40,10 @@ def test_explain_rejects_bad_head_and_missing_images(seg_run, seg_ckpt, tmp_path
     image = next((seg_run / "data" / "images" / "validation").iterdir())
     assert main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(image), "--output",
                  str(tmp_path), "--heads", "9"]) == 2
-    assert "head 9 out of range" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(tmp_path / "nowhere"),
-              "--output", str(tmp_path)])
+    assert "--heads 9 is out of range" in capsys.readouterr().err
+    assert main(["explain", "--ckpt_path", str(seg_ckpt), "--images", str(tmp_path / "nowhere"),
+                 "--output", str(tmp_path)]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
 
 
 def test_explain_a_detection_checkpoint(det_ckpt, tmp_path, capsys):

@@ -39,3 +39,35 @@ def test_ddp_fit_and_validate_match_single_process(tmp_path):
         scores[name] = _val_miou(tmp_path / name)
     assert 0.0 < scores["single"] <= 1.0
     assert scores["ddp"] == pytest.approx(scores["single"], abs=1e-6), scores
+
+
+def _metric(log_dir: Path, key: str) -> float:
+    rows = list(csv.DictReader(open(next(log_dir.rglob("metrics.csv")))))
+    return float(next(r[key] for r in reversed(rows) if r.get(key)))
+
+
+@pytest.mark.slow
+def test_ddp_validate_and_test_odd_images_match_single_process(tmp_path):
+    """5 validation images on 2 ranks: a padded DistributedSampler would score image 0 twice (rank 1's share
+    is [1, 3, 0]); the dataset-level confusion matrix must count every image exactly once. Batches of 2, so
+    rank 1's last batch holds only the padding repeat (an all-padding batch)."""
+    data = ["--data.init_args.root", str(tmp_path / "data"), "--data.init_args.num_train", "8",
+            "--data.init_args.num_val", "5", "--data.init_args.batch_size", "2",
+            "--data.init_args.val_batch_size", "2"]
+    common = ["--config", str(ROOT / "configs" / "demo_seg.yaml"), *data, "--trainer.enable_progress_bar", "false"]
+    _cli("fit", *common, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2",
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "fit"), cwd=tmp_path)
+    ckpt = next((tmp_path / "fit").rglob("last.ckpt"))
+    scores = {}
+    for name, extra in (("ddp", ["--trainer.devices", "2", "--trainer.strategy", "ddp"]),
+                        ("single", ["--trainer.devices", "1"])):
+        for stage in ("validate", "test"):
+            save_dir = tmp_path / f"{stage}_{name}"
+            _cli(stage, *common, *extra, "--ckpt_path", str(ckpt), "--trainer.logger.init_args.save_dir",
+                 str(save_dir), "--trainer.default_root_dir", str(save_dir), cwd=tmp_path)
+            key = "val_miou" if stage == "validate" else "test_miou"
+            scores[name, stage] = _metric(save_dir, key)
+    assert 0.0 < scores["single", "validate"] <= 1.0
+    assert scores["single", "test"] == pytest.approx(scores["single", "validate"], abs=1e-6), scores
+    assert scores["ddp", "validate"] == pytest.approx(scores["single", "validate"], abs=1e-6), scores
+    assert scores["ddp", "test"] == pytest.approx(scores["single", "test"], abs=1e-6), scores

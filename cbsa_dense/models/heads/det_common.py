@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
+
 
 class ChannelsStub(nn.Module):
     """Stands in for the backbone while a torchvision model is built (it only reads ``out_channels``)."""
@@ -32,11 +34,11 @@ def check_head_inputs(name: str, in_channels: int, strides: Sequence[int], num_c
                       group_norm: bool) -> None:
     """Fail early, naming the numbers, on inputs a torchvision head cannot take."""
     if num_classes < 1:
-        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+        raise ConfigError(f"{name}: num_classes must be >= 1, got {num_classes}")
     if not strides:
-        raise ValueError(f"{name}: needs at least one feature level, got strides {list(strides)}")
+        raise ConfigError(f"{name}: needs at least one feature level, got strides {list(strides)}")
     if group_norm and in_channels % 32:
-        raise ValueError(f"{name}: GroupNorm(32) needs neck out_channels divisible by 32, got {in_channels}")
+        raise ConfigError(f"{name}: GroupNorm(32) needs neck out_channels divisible by 32, got {in_channels}")
 
 
 def shift_labels(targets: list[dict] | None, offset: int) -> list[dict] | None:

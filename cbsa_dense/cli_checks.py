@@ -1,0 +1,161 @@
+"""Checks the ``cbsa-dense`` entry point runs before any work: config files, parse errors, output
+locations, and the evaluation protocol carried by a checkpoint."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from cbsa_dense.errors import ConfigError, OutputError
+
+
+def apply_eval_protocol(config, stored: dict, ckpt_path: str) -> dict[str, str]:
+    """Fill the evaluation protocol of a parsed ``validate``/``test``/``predict`` config from a checkpoint.
+
+    ``model.init_args.inference`` is taken from ``stored["inference"]`` when the config leaves it
+    ``None``; the datamodule's ``eval_scale`` from ``stored["eval_scale"]`` when the config keeps the
+    datamodule class's default. Prints one line with the protocol and the source of each part.
+
+    Returns:
+        ``{"inference": source, "eval_scale": source}`` for the parts that apply.
+    """
+    from jsonargparse import Namespace
+
+    from cbsa_dense.tasks.sliding_window import SlidingWindowInference
+
+    model_args = getattr(config.get("model"), "init_args", None)
+    sources: dict[str, str] = {}
+    parts = []
+    if model_args is not None and "inference" in model_args:
+        source = "config/command line"
+        if model_args.get("inference") is None:
+            source = "default: whole image; the checkpoint records no protocol"
+            if stored.get("inference"):
+                inference = stored["inference"]
+                model_args["inference"] = Namespace(class_path=inference["class_path"],
+                                                    init_args=Namespace(**inference["init_args"]))
+                source = "checkpoint"
+        spec = model_args.get("inference")
+        described = (SlidingWindowInference(**dict(vars(spec.init_args))) if spec is not None
+                     else SlidingWindowInference()).describe()
+        sources["inference"] = source
+        parts.append(f"inference {described} (from the {source})")
+    data = config.get("data")
+    data_args = getattr(data, "init_args", None)
+    if data_args is not None and "eval_scale" in data_args:
+        source = "config/command line"
+        if "eval_scale" in stored and _is_class_default(data.class_path, "eval_scale", data_args["eval_scale"]):
+            data_args["eval_scale"] = tuple(stored["eval_scale"]) if stored["eval_scale"] is not None else None
+            source = "checkpoint"
+        value = data_args["eval_scale"]
+        sources["eval_scale"] = source
+        parts.append(f"eval_scale {list(value) if value is not None else None} (from the {source})")
+    if parts and rank_zero_only.rank == 0:
+        print(f"evaluation protocol of {ckpt_path}: " + "; ".join(parts), file=sys.stderr)
+    return sources
+
+
+def _is_class_default(class_path: str, name: str, value) -> bool:
+    import inspect
+
+    module, _, cls_name = class_path.rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters[name]
+    except (ImportError, AttributeError, KeyError, ValueError):
+        return False
+    return _as_list(parameter.default) == _as_list(value)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """Create ``directory`` if needed and make sure a file can be written there (OutputError if not)."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cbsa-dense-write-test-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write {what} {path}: {error.strerror or error}; choose a writable location") \
+            from error
+
+
+_UNION_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:")
+
+
+def condense_parse_error(message: str) -> str:
+    """One line from jsonargparse's nested report: the full key of the offending setting (``data.init_args.mean``),
+    the class it belongs to, and the innermost cause, instead of the dump of every Union subtype tried."""
+    keys: list[str] = []
+    causes: list[str] = []
+    expected: list[str] = []
+    given = owner = None
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        if not line or line.startswith(_UNION_NOISE):
+            continue
+        key = re.match(r'Parser key "([^"]+)":\s*(.*)$', line)
+        cls = re.match(r"Problem with given class_path '([^']+)':\s*(.*)$", line)
+        if (key or cls) and (causes or expected):
+            break                                      # the next alternative of a Union: the first one is the story
+        if key:
+            keys += ["init_args", key.group(1)] if owner and keys and keys[-1] != "init_args" else [key.group(1)]
+        elif cls:
+            owner = cls.group(1)
+        if key or cls:
+            causes += [(key or cls).group(2)] if (key or cls).group(2) else []
+        elif re.match(r"Expected a <class '([^']+)'>$", line):
+            expected.append(re.match(r"Expected a <class '([^']+)'>$", line).group(1))
+        elif line.startswith("Given value:"):
+            given = given or line.split(":", 1)[1].strip()
+        else:
+            causes.append(line)
+    if not causes and expected:
+        kinds = " or ".join(dict.fromkeys("null" if e == "NoneType" else e for e in expected))
+        causes = [f"expected {kinds}, got {given!r}" if given is not None else f"expected {kinds}"]
+    text = re.sub(r"<class '(?:builtins\.)?([^']+)'>", r"\1", "; ".join(c.rstrip(".") for c in causes))
+    text = text or " ".join(message.split())
+    where = ".".join(keys)
+    if where:
+        text = f"--{where}" + (f" ({owner})" if owner else "") + f": {text}"
+    return f"{text}; see --help for the accepted options"
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a ``--config`` that is not a readable YAML mapping, naming the file, line and column (jsonargparse
+    reports a YAML syntax error without the file name)."""
+    values = [b for a, b in zip(argv, argv[1:]) if a in ("--config", "-c")]
+    values += [a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-c="))]
+    for value in values:
+        if Path(value).is_file():                      # else jsonargparse names it (missing, a directory)
+            check_config_file(Path(value))
+
+
+def check_config_file(path: Path) -> None:
+    """ConfigError unless ``path`` holds a YAML mapping (names the file, and the line and column of a syntax error)."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config {path} is not a text file ({error.reason} at byte {error.start}): give a YAML "
+                          "file") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        lines = path.read_text().splitlines()
+        tab = bool(mark) and mark.line < len(lines) and "\t" in lines[mark.line]
+        raise ConfigError(f"config {path} is not valid YAML: {problem}{where}"
+                          + ("; YAML indents with spaces, not tabs" if tab else "; fix the syntax")) from error
+    if loaded is None:
+        raise ConfigError(f"config {path} is empty: give the sections to set (trainer:, model:, data:, ...)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} holds a YAML {type(loaded).__name__}, not a mapping of sections "
+                          "(trainer:, model:, data:, ...): fix the file")
