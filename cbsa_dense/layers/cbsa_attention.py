@@ -149,6 +149,10 @@ def _apply(function: type[torch.autograd.Function], *args):
     return function.apply(*args)
 
 
+#: Default ``(step_x, step_rep)`` of the ``qkv`` variant (set from the measurements in docs/finetuning.md).
+QKV_STEP_INIT: tuple[float, float] = (0.5, 0.5)
+
+
 class CBSAAttention(nn.Module):
     """CBSA: contract a few pooled representatives, broadcast the result back to every token.
 
@@ -183,8 +187,10 @@ class CBSAAttention(nn.Module):
         tied_output: output through ``qkv.weight^T`` per head (paper's derivation), shared variant only.
         qkv_bias: bias of ``qkv``; default False for ``shared``, True for ``qkv``.
         proj_bias: bias of the untied output projection.
-        step_init: initial value of the per-head step sizes ``step_x`` (kappa) and ``step_rep`` (eta);
-            ``None`` = N(0, 1) as the released code (sign learned); a float = that constant.
+        step_init: initial values of the per-head step sizes ``step_x`` (kappa) and ``step_rep`` (eta):
+            ``"normal"`` = N(0, 1) as the released code (sign learned); a float = both that constant; a
+            pair = (``step_x``, ``step_rep``); ``None`` = the variant's default: ``"normal"`` for
+            ``shared``, :data:`QKV_STEP_INIT` for ``qkv`` (adapting a pretrained ViT: see that constant).
         legacy_shifted_grid: reproduce the released classification code's bug of pooling the first H*W
             tokens (CLS included, last patch excluded) instead of the patch tokens; for importing its
             checkpoints only.
@@ -194,7 +200,8 @@ class CBSAAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None,
                  grid: tuple[int, int] | None = (8, 8), variant: Literal["shared", "qkv"] = "shared",
                  broadcast: Literal["transpose", "query"] = "transpose", tied_output: bool = False,
-                 qkv_bias: bool | None = None, proj_bias: bool = True, step_init: float | None = None,
+                 qkv_bias: bool | None = None, proj_bias: bool = True,
+                 step_init: float | tuple[float, float] | Literal["normal"] | None = None,
                  legacy_shifted_grid: bool = False, proj_drop: float = 0.0) -> None:
         super().__init__()
         if variant not in ("shared", "qkv"):
@@ -205,6 +212,10 @@ class CBSAAttention(nn.Module):
             raise ValueError("tied_output=True needs variant='shared' (the output is qkv.weight^T)")
         if grid is not None and (len(grid) != 2 or min(grid) < 1):
             raise ValueError(f"grid must be two positive ints (gh, gw) or None, got {grid}")
+        if not (step_init is None or step_init == "normal" or isinstance(step_init, (int, float))
+                or (isinstance(step_init, (tuple, list)) and len(step_init) == 2)):
+            raise ValueError(f"step_init must be 'normal', a number, a (step_x, step_rep) pair or None, got "
+                             f"{step_init!r}")
         if grid is None and broadcast == "query":
             raise ValueError("broadcast='query' needs pooled representatives (grid is None)")
         self.num_heads = num_heads
@@ -233,14 +244,18 @@ class CBSAAttention(nn.Module):
 
     def reset_step_sizes(self) -> None:
         """(Re)initialize ``step_x`` and ``step_rep`` as ``step_init`` says."""
-        for step in (self.step_x, self.step_rep):
+        init = self.step_init
+        if init is None:
+            init = "normal" if self.variant == "shared" else QKV_STEP_INIT
+        values = (init, init) if isinstance(init, (str, int, float)) else tuple(init)
+        for step, value in zip((self.step_x, self.step_rep), values):
             if step is None:
                 continue
             with torch.no_grad():
-                if self.step_init is None:
+                if value == "normal":
                     step.normal_(0.0, 1.0)
                 else:
-                    step.fill_(self.step_init)
+                    step.fill_(float(value))
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid}, variant={self.variant}, "

@@ -15,6 +15,11 @@ from torch import nn
 #: Parameter-name patterns never weight-decayed (besides every 1-D tensor: norms and biases).
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "reg_token", "cls_emb", "step_x", "step_rep", "query_embed")
 
+#: Parameter-name patterns of CBSA's per-head step sizes (scalars initialized, not pretrained).
+STEP_SIZE_PATTERNS = ("step_x", "step_rep")
+#: Learning-rate multiplier of the CBSA step sizes (see :func:`param_groups`).
+STEP_SIZE_LR_SCALE = 1.0
+
 _BLOCK_RE = re.compile(r"(?:^|\.)encoder\.blocks\.(\d+)\.")
 
 
@@ -33,8 +38,8 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def param_groups(module: nn.Module, weight_decay: float | None = None, layer_decay: float | None = None,
-                 num_layers: int | None = None,
-                 no_weight_decay: Iterable[str] = NO_WEIGHT_DECAY) -> list[dict]:
+                 num_layers: int | None = None, no_weight_decay: Iterable[str] = NO_WEIGHT_DECAY,
+                 step_size_lr_scale: float | None = None) -> list[dict]:
     """Split ``module``'s trainable parameters into optimizer groups.
 
     Args:
@@ -43,6 +48,10 @@ def param_groups(module: nn.Module, weight_decay: float | None = None, layer_dec
         layer_decay: lr multiplier per block from the top (e.g. 0.65); ``None`` disables it.
         num_layers: encoder depth, required with ``layer_decay``.
         no_weight_decay: name substrings excluded from weight decay (plus all 1-D parameters).
+        step_size_lr_scale: lr multiplier of the CBSA step sizes (``step_x``, ``step_rep``: per-head
+            scalars of order 1, fresh when a softmax ViT's weights are loaded; Adam moves a parameter by
+            about lr per step whatever its scale, so at a fine-tuning lr of 1e-4 they would barely move);
+            on top of the layer decay. ``None`` = :data:`STEP_SIZE_LR_SCALE`.
 
     Returns:
         Groups with keys ``params``, ``lr_scale``, ``names`` and, for no-decay groups, ``weight_decay=0``.
@@ -50,15 +59,18 @@ def param_groups(module: nn.Module, weight_decay: float | None = None, layer_dec
     if layer_decay is not None and (num_layers is None or not 0.0 < layer_decay <= 1.0):
         raise ValueError(f"layer_decay={layer_decay} needs 0 < layer_decay <= 1 and num_layers (got {num_layers})")
     skip = tuple(no_weight_decay)
-    groups: dict[tuple[int, bool], dict] = {}
+    step_scale = STEP_SIZE_LR_SCALE if step_size_lr_scale is None else float(step_size_lr_scale)
+    groups: dict[tuple[int, bool, bool], dict] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or any(s in name for s in skip)
         depth = layer_id(name, num_layers) if layer_decay is not None else 0
-        key = (depth, no_decay)
+        is_step = step_scale != 1.0 and name.rpartition(".")[2] in STEP_SIZE_PATTERNS
+        key = (depth, no_decay, is_step)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
+            scale *= step_scale if is_step else 1.0
             groups[key] = {"params": [], "names": [], "lr_scale": scale}
             if no_decay:
                 groups[key]["weight_decay"] = 0.0

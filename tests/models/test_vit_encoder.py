@@ -150,3 +150,27 @@ def test_set_input_size_equals_on_the_fly_resampling():
     enc.set_input_size((48, 96))
     assert enc.pos_embed.shape == (1, 1 + 3 * 6, 64) and tuple(enc.patch_embed.grid_size) == (3, 6)
     torch.testing.assert_close(enc(x)[0], expected)
+
+
+def test_qkv_variant_starts_with_small_positive_step_sizes_and_keeps_the_released_init_as_an_option():
+    """Adapting a pretrained softmax ViT (variant qkv): step sizes start at QKV_STEP_INIT on every block,
+    not N(0, 1) (whose random signs flip each head's attention output, docs/finetuning.md);
+    ``step_init="normal"`` is the released init, and the shared variant keeps it by default."""
+    from functools import partial
+
+    from cbsa_dense.layers.cbsa_attention import QKV_STEP_INIT
+
+    torch.manual_seed(0)
+    enc = ViTEncoder(img_size=32, patch_size=16, depth=2, embed_dim=64, num_heads=16,
+                     attn_layer=partial(CBSAAttention, grid=(1, 1), variant="qkv"))
+    for block in enc.blocks:
+        assert torch.all(block.attn.step_x == QKV_STEP_INIT[0]) and torch.all(block.attn.step_rep == QKV_STEP_INIT[1])
+    assert QKV_STEP_INIT[0] > 0 and QKV_STEP_INIT[1] > 0
+    released = CBSAAttention(64, 16, variant="qkv", step_init="normal")
+    assert (released.step_x < 0).any() and (released.step_x > 0).any()
+    shared = CBSAAttention(64, 16)
+    assert (shared.step_x < 0).any() and (shared.step_x > 0).any()
+    pair = CBSAAttention(64, 16, variant="qkv", step_init=(0.25, 2.0))
+    assert torch.all(pair.step_x == 0.25) and torch.all(pair.step_rep == 2.0)
+    with pytest.raises(ValueError, match="step_init"):
+        CBSAAttention(64, 16, step_init="uniform")

@@ -81,3 +81,31 @@ def test_det_coco_model_runs_global_attention_at_1024(tmp_path):
         detections = detector(torch.randn(1, 3, 1024, 1024), [(1024, 1024)])
     assert grid == (64, 64) and tokens[-1].shape[1] == 1 + 64 * 64  # CLS + every patch in one sequence
     assert detections[0]["boxes"].shape[1] == 4
+
+
+PATCH14 = ["--model.init_args.encoder.init_args.arch", "vit_small_patch14_dinov2", *TINY_ENCODER,
+           "--model.init_args.encoder.init_args.img_size", "56", "--model.init_args.neck.init_args.out_channels", "32",
+           "--model.init_args.head.init_args.num_convs", "1", "--trainer.logger", "false"]
+
+
+def test_patch14_arch_gets_a_pyramid_at_strides_7_to_56_out_of_the_box(tmp_path):
+    """det_custom.yaml with a DINOv2 arch name: the neck's levels follow the patch size and FCOS trains."""
+    import torch
+
+    from cbsa_dense.cli import CBSADenseCLI
+
+    cli = CBSADenseCLI(args=["--config", str(CONFIGS / "det_custom.yaml"), *PATCH14,
+                             "--trainer.default_root_dir", str(tmp_path)], run=False)
+    detector = cli.model.model
+    assert detector.encoder.patch_size == 14 and detector.neck.strides == [7, 14, 28, 56]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    losses = detector(torch.randn(1, 3, 64, 64), [(64, 64)], targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_strides_that_do_not_fit_the_patch_size_are_one_line_errors(capsys, tmp_path):
+    code = main(["fit", "--config", str(CONFIGS / "det_custom.yaml"), *PATCH14, "--trainer.default_root_dir",
+                 str(tmp_path), "--model.init_args.neck.init_args.strides", "[8, 16, 32, 64]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "strides=[8, 16, 32, 64]" in err and "encoder stride 14" in err and "scales" in err

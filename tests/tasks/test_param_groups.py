@@ -47,6 +47,23 @@ def test_frozen_parameters_are_left_out():
     assert {n for g in groups for n in g["names"]} == {"head.weight", "head.bias"}
 
 
+def test_cbsa_step_sizes_can_get_their_own_lr_scale():
+    from functools import partial
+
+    from cbsa_dense.layers import CBSAAttention
+
+    model = _Model()
+    model.encoder = ViTEncoder(img_size=32, embed_dim=32, depth=2, num_heads=2,
+                               attn_layer=partial(CBSAAttention, grid=(1, 1), variant="qkv"))
+    default = {n: g["lr_scale"] for g in param_groups(model, layer_decay=0.5, num_layers=2) for n in g["names"]}
+    assert default["encoder.blocks.1.attn.step_x"] == default["encoder.blocks.1.attn.qkv.weight"] == 0.5
+    groups = param_groups(model, layer_decay=0.5, num_layers=2, step_size_lr_scale=100.0)
+    scaled = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scaled["encoder.blocks.1.attn.step_x"] == scaled["encoder.blocks.1.attn.step_rep"] == 50.0
+    assert scaled["encoder.blocks.0.attn.step_x"] == 25.0 and scaled["encoder.blocks.1.attn.qkv.weight"] == 0.5
+    assert all(g["weight_decay"] == 0.0 for g in groups if "encoder.blocks.0.attn.step_x" in g["names"])
+
+
 def test_bad_layer_decay():
     with pytest.raises(ValueError, match="layer_decay"):
         param_groups(_Model(), layer_decay=0.5)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from timm.layers import PatchEmbed, to_2tuple
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers.block import AttnLayer, Block
 from cbsa_dense.layers.softmax_attention import SoftmaxAttention
 from cbsa_dense.models.checkpoint import LoadReport, load_matching, read_state_dict
 from cbsa_dense.models.encoders.base import TokenEncoder
 
 log = logging.getLogger(__name__)
+
+#: File suffixes that make ``pretrained`` a path (a missing one is an error, not a timm model name).
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
 #: timm ViT keys that an encoder has no use for (classification head and pooling norm).
 _HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.", "attn_pool.")
@@ -28,41 +35,74 @@ class ViTEncoder(TokenEncoder):
     ``alt_attn_blocks``, e.g. softmax in the last block of a CBSA encoder). Any input size works: images are padded
     to a multiple of the patch size and position embeddings are resampled (bicubic) to the grid.
 
+    The architecture is given by a timm name (``arch="vit_small_patch14_dinov2"``) or by the explicit
+    arguments below; with ``arch``, every architecture argument left at ``None`` is read from timm's own
+    definition of that model (:func:`timm_vit_args`) and explicit ones override it. So a config needs only::
+
+        arch: vit_small_patch14_dinov2
+        img_size: 224                                  # optional: default = the arch's pretrained size
+        pretrained: /weights/dinov2_vits14.safetensors
+
     Args:
-        img_size: size the position embedding is made for (pretrained weights are resampled to it).
-        patch_size: patch size (16; 14 for DINOv2) = output stride.
+        arch: timm ``VisionTransformer`` model name (``vit_small_patch16_224``, ``vit_base_patch16_384``,
+            ``vit_small_patch14_dinov2``, ``vit_small_patch14_reg4_dinov2``, ``deit3_small_patch16_224``, ...;
+            a pretrained tag such as ``.lvd142m`` is accepted). Only the architecture is read (the model
+            is built on the meta device: nothing is allocated or downloaded); weights come from ``pretrained``.
+        img_size: size the position embedding is made for (pretrained weights are resampled to it);
+            ``None`` = the arch's pretrained input size (518 for DINOv2), else 224.
+        patch_size: patch size (16; 14 for DINOv2) = output stride. ``None`` = arch's, else 16.
         in_chans: input channels.
-        embed_dim: token width.
-        depth: number of blocks.
-        num_heads: attention heads.
-        mlp_ratio: MLP hidden width / embed_dim.
+        embed_dim: token width (``None`` = arch's, else 384).
+        depth: number of blocks (``None`` = arch's, else 12).
+        num_heads: attention heads (``None`` = arch's, else 6).
+        mlp_ratio: MLP hidden width / embed_dim (``None`` = arch's, else 4).
         attn_layer: attention type of every block, called as ``attn_layer(dim, num_heads)``; ``None`` =
             :class:`~cbsa_dense.layers.SoftmaxAttention` (a class default would leak its init_args into
-            a configured ``class_path`` under jsonargparse).
+            a configured ``class_path`` under jsonargparse). Loading softmax-ViT weights into CBSA needs
+            ``CBSAAttention(variant="qkv")`` (timm's ``qkv``/``proj`` names and shapes).
         alt_attn_layer: attention type of the blocks listed in ``alt_attn_blocks``.
         alt_attn_blocks: block indices (negative from the end) that use ``alt_attn_layer``.
-        class_token: prepend a CLS token (dropped from the outputs).
-        reg_tokens: number of register tokens (DINOv2-reg).
-        no_embed_class: position embedding covers patches only (timm's flag; DINOv2-reg checkpoints).
-        init_values: LayerScale init (DINOv2/DeiT-III: 1e-5 or 1.0); ``None`` = no LayerScale.
+        class_token: prepend a CLS token (dropped from the outputs); ``None`` = arch's, else True.
+        reg_tokens: number of register tokens (DINOv2-reg); ``None`` = arch's, else 0.
+        no_embed_class: position embedding covers patches only (timm's flag; DINOv2-reg checkpoints);
+            ``None`` = arch's, else False.
+        init_values: LayerScale init (DINOv2/DeiT-III: 1e-5 or 1.0); ``None`` = arch's, else no LayerScale;
+            ``0`` = no LayerScale even if the arch has one.
         drop_path_rate: stochastic depth, linearly increasing over blocks up to this value.
         out_indices: blocks whose outputs are returned (negative counts from the end).
         final_norm: apply the final LayerNorm to the last block's output when it is returned.
-        norm_eps: LayerNorm epsilon (timm 1e-6; Segmenter checkpoints 1e-5).
+        norm_eps: LayerNorm epsilon (``None`` = arch's, else timm's 1e-6; Segmenter checkpoints 1e-5).
         pretrained: timm ViT weights to load: a local ``.pth``/``.safetensors`` path, or a timm model
-            name (``"vit_small_patch16_384.augreg_in21k_ft_in1k"``, needs network). Missing/unexpected
-            keys are logged (e.g. CBSA step sizes, absent from softmax checkpoints).
+            name (``"vit_small_patch16_384.augreg_in21k_ft_in1k"``, needs network). Every tensor must
+            fit: an unexpected or shape-mismatched tensor, or a missing one other than the CBSA step
+            sizes (absent from softmax checkpoints, they start fresh), is a ``CheckpointError`` naming the
+            keys and shapes (e.g. timm's ``qkv`` into CBSA layers of the ``shared`` variant).
+        pretrained_strict: ``False`` turns those errors into a logged warning (the tensors that do not fit
+            keep their initialization).
         grad_checkpointing: activation checkpointing of every block during training.
+
+    Raises:
+        ConfigError: ``arch`` is not a timm model name (close matches are listed) or not a plain ViT.
     """
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
+    def __init__(self, arch: str | None = None, img_size: int | tuple[int, int] | None = None,
+                 patch_size: int | None = None, in_chans: int = 3, embed_dim: int | None = None,
+                 depth: int | None = None, num_heads: int | None = None, mlp_ratio: float | None = None,
                  attn_layer: AttnLayer | None = None, alt_attn_layer: AttnLayer | None = None,
-                 alt_attn_blocks: Sequence[int] = (), class_token: bool = True,
-                 reg_tokens: int = 0, no_embed_class: bool = False, init_values: float | None = None,
-                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (-1,), final_norm: bool = True,
-                 norm_eps: float = 1e-6, pretrained: str | None = None, grad_checkpointing: bool = False) -> None:
+                 alt_attn_blocks: Sequence[int] = (), class_token: bool | None = None,
+                 reg_tokens: int | None = None, no_embed_class: bool | None = None,
+                 init_values: float | None = None, drop_path_rate: float = 0.0, out_indices: Sequence[int] = (-1,),
+                 final_norm: bool = True, norm_eps: float | None = None, pretrained: str | None = None,
+                 grad_checkpointing: bool = False, pretrained_strict: bool = True) -> None:
+        base = timm_vit_args(arch) if arch else _PLAIN_DEFAULTS
+        given = {"img_size": img_size, "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth,
+                 "num_heads": num_heads, "mlp_ratio": mlp_ratio, "class_token": class_token,
+                 "reg_tokens": reg_tokens, "no_embed_class": no_embed_class, "init_values": init_values,
+                 "norm_eps": norm_eps}
+        (img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, class_token, reg_tokens, no_embed_class,
+         init_values, norm_eps) = (base[k] if v is None else v for k, v in given.items())
         super().__init__()
+        self.arch = arch
         alt = {i if i >= 0 else depth + i for i in alt_attn_blocks}
         if alt and (alt_attn_layer is None or not alt <= set(range(depth))):
             raise ValueError(f"alt_attn_blocks={list(alt_attn_blocks)} needs alt_attn_layer and block indices "
@@ -86,11 +126,14 @@ class ViTEncoder(TokenEncoder):
             if reset is not None:
                 reset()
         if pretrained:
-            self.load_pretrained(pretrained)
+            self.load_pretrained(pretrained, strict=pretrained_strict)
 
-    def load_pretrained(self, source: str) -> LoadReport:
-        """Load timm ViT weights (file path or timm model name), adapted by :func:`adapt_timm_state_dict`."""
-        if Path(source).exists():
+    def load_pretrained(self, source: str, strict: bool = True) -> LoadReport:
+        """Load timm ViT weights (file path or timm model name), adapted by :func:`adapt_timm_state_dict`.
+
+        ``strict``: see ``pretrained_strict``; raises ``CheckpointError`` when the weights do not fit.
+        """
+        if Path(source).exists() or Path(source).suffix in _WEIGHT_SUFFIXES:
             state_dict = read_state_dict(source)
         else:
             import timm
@@ -100,7 +143,92 @@ class ViTEncoder(TokenEncoder):
             except Exception as err:
                 raise ValueError(f"pretrained={source!r} is neither an existing file nor a timm model name "
                                  f"whose weights could be fetched ({err})") from err
-        return load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source))
+        return load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source), strict=strict,
+                             may_reinit=("blocks.*.attn.step_x", "blocks.*.attn.step_rep"),
+                             opt_out="pretrained_strict: false on the encoder")
+
+
+#: Architecture of a ``ViTEncoder`` built without ``arch`` (ViT-S/16 at 224, timm's LayerNorm eps).
+_PLAIN_DEFAULTS = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6,
+                   "mlp_ratio": 4.0, "class_token": True, "reg_tokens": 0, "no_embed_class": False,
+                   "init_values": None, "norm_eps": 1e-6}
+
+
+@functools.lru_cache(maxsize=64)
+def _timm_vit_args(arch: str) -> tuple:
+    import timm
+    from timm.layers import LayerScale, Mlp
+    from timm.models.vision_transformer import Attention, VisionTransformer
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    name, _, tag = arch.partition(".")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models('vit_*')"
+        raise ConfigError(f"arch={arch!r} is not a timm model name{hint}")
+    if tag and arch not in timm.list_pretrained(f"{name}.*"):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{name}.*")]
+        raise ConfigError(f"arch={arch!r}: timm knows no pretrained tag {tag!r} for {name} (known: "
+                          f"{', '.join(tags) or 'none'}); the tag can be left out, only the architecture is read")
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception as err:  # noqa: BLE001 - any construction failure is a bad arch for us
+        raise ConfigError(f"arch={arch!r}: timm cannot build this model ({type(err).__name__}: {err})") from err
+
+    def unsupported(what: str) -> ConfigError:
+        return ConfigError(f"arch={arch!r} is not a plain timm ViT that ViTEncoder can reproduce ({what}); use a "
+                           f"vit_* / deit3_* / DINOv2 name, or give the architecture arguments explicitly")
+
+    if type(model) is not VisionTransformer:
+        raise unsupported(f"it is a {type(model).__name__}")
+    if model.pos_embed is None or not isinstance(model.norm, nn.LayerNorm):
+        raise unsupported("no absolute position embedding or no LayerNorm final norm")
+    if not isinstance(model.norm_pre, nn.Identity) or not isinstance(model.patch_embed.norm, nn.Identity):
+        raise unsupported("pre-norm / patch-embedding norm")
+    if model.patch_embed.proj.bias is None or model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1]:
+        raise unsupported("patch embedding without bias or non-square patches")
+    block = model.blocks[0]
+    if type(block) is not TimmBlock or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
+        raise unsupported(f"blocks of type {type(block).__name__} / {type(block.attn).__name__} / "
+                          f"{type(block.mlp).__name__}")
+    attn = block.attn
+    if (not isinstance(attn.q_norm, nn.Identity) or not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity)
+            or not isinstance(block.mlp.norm, nn.Identity) or attn.qkv.bias is None
+            or attn.num_heads * attn.head_dim != model.embed_dim):
+        raise unsupported("qk-norm, attention/MLP inner norms, qkv without bias or a custom head width")
+    act = block.mlp.act
+    if type(act) is not nn.GELU or act.approximate != "none" or not isinstance(block.norm1, nn.LayerNorm):
+        raise unsupported(f"MLP activation {act} or block norm {type(block.norm1).__name__}")
+    grid = tuple(int(g) for g in model.patch_embed.grid_size)
+    patch = int(model.patch_embed.patch_size[0])
+    size = (grid[0] * patch, grid[1] * patch)
+    return tuple({
+        "img_size": size[0] if size[0] == size[1] else size,
+        "patch_size": patch,
+        "embed_dim": int(model.embed_dim),
+        "depth": len(model.blocks),
+        "num_heads": int(attn.num_heads),
+        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
+        "class_token": model.cls_token is not None,
+        "reg_tokens": int(model.num_reg_tokens),
+        "no_embed_class": bool(model.no_embed_class),
+        "init_values": float(block.ls1.init_values) if isinstance(block.ls1, LayerScale) else None,
+        "norm_eps": float(model.norm.eps),
+    }.items())
+
+
+def timm_vit_args(arch: str) -> dict:
+    """The :class:`ViTEncoder` architecture arguments of timm's ``arch`` (a ``VisionTransformer`` name).
+
+    Read from timm's own model definition: the model is created with ``pretrained=False`` on the meta
+    device (no memory, no download), then its patch size, width, depth, heads, MLP ratio, LayerScale
+    init, class/register tokens, position-embedding layout, pretrained position grid (as ``img_size``)
+    and LayerNorm epsilon are read. Raises :class:`~cbsa_dense.errors.ConfigError` for unknown names
+    (with close matches) and for architectures ``ViTEncoder`` cannot reproduce (other block types,
+    qk-norm, SwiGLU, RMSNorm, pre-norm...).
+    """
+    return dict(_timm_vit_args(str(arch)))
 
 
 def adapt_timm_state_dict(state_dict: dict, model: ViTEncoder) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -10,8 +11,32 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs, shift_labels
+from cbsa_dense.models.necks.simple_fpn import level_name
+
+
+def pyramid_roi_align(strides: Sequence[int], output_size: int) -> MultiScaleRoIAlign:
+    """RoIAlign over the pyramid levels at ``strides`` with their exact scales ``1 / stride``.
+
+    torchvision infers each level's scale from the feature and image sizes, rounded to a power of two
+    (1/16 for a stride-14 map: boxes would be pooled 12% off); here the scales are fixed from the strides,
+    and the FPN level mapper is anchored so that a box of ``224 * strides[0] / 2**k0`` pixels (224 for a
+    stride-8 first level, 196 for stride 7) goes to the second level, as in torchvision for strides 8-64.
+    The strides must double from level to level.
+    """
+    strides = [int(s) for s in strides]
+    if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise ConfigError(f"R-CNN heads need pyramid strides that double from level to level, got {strides}")
+    pool = MultiScaleRoIAlign(featmap_names=[level_name(s) for s in strides], output_size=output_size,
+                              sampling_ratio=2)
+    k_min = round(math.log2(strides[0]))
+    pool.scales = [1.0 / s for s in strides]
+    pool.map_levels = initLevelMapper(k_min, k_min + len(strides) - 1,
+                                      canonical_scale=round(224 * strides[0] / 2 ** k_min), canonical_level=4)
+    return pool
 
 
 def rcnn_kwargs(in_channels: int, strides: Sequence[int], num_classes: int, anchor_scale: float,
@@ -24,11 +49,10 @@ def rcnn_kwargs(in_channels: int, strides: Sequence[int], num_classes: int, anch
     """
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
-    names = [f"p{int(s).bit_length() - 1}" for s in strides]
     sizes = tuple((anchor_scale * s,) for s in strides)
     return {
         "rpn_anchor_generator": AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides)),
-        "box_roi_pool": MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
+        "box_roi_pool": pyramid_roi_align(strides, 7),
         "box_head": TwoMLPHead(in_channels * 7 * 7, representation_size),
         "box_predictor": FastRCNNPredictor(representation_size, num_classes + 1),
         "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train, "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
 
 from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs
-from cbsa_dense.models.heads.det_faster_rcnn import rcnn_forward, rcnn_kwargs
+from cbsa_dense.models.heads.det_faster_rcnn import pyramid_roi_align, rcnn_forward, rcnn_kwargs
 
 
 class MaskRCNNHead(MaskRCNN):
@@ -47,8 +46,7 @@ class MaskRCNNHead(MaskRCNN):
         mask_layers = tuple(int(c) for c in mask_layers)
         if not mask_layers:
             raise ValueError("MaskRCNNHead: mask_layers needs at least one conv width")
-        kwargs["mask_roi_pool"] = MultiScaleRoIAlign(featmap_names=kwargs["box_roi_pool"].featmap_names,
-                                                     output_size=14, sampling_ratio=2)
+        kwargs["mask_roi_pool"] = pyramid_roi_align(strides, 14)
         kwargs["mask_head"] = MaskRCNNHeads(in_channels, mask_layers, 1)
         kwargs["mask_predictor"] = MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1)
         super().__init__(ChannelsStub(in_channels), None, **kwargs)
