@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers.tokens import check_layout, resolve_head_dim
 
 
@@ -205,19 +206,19 @@ class CBSAAttention(nn.Module):
                  legacy_shifted_grid: bool = False, proj_drop: float = 0.0) -> None:
         super().__init__()
         if variant not in ("shared", "qkv"):
-            raise ValueError(f"variant must be 'shared' or 'qkv', got {variant!r}")
+            raise ConfigError(f"variant must be 'shared' or 'qkv', got {variant!r}")
         if broadcast not in ("transpose", "query"):
-            raise ValueError(f"broadcast must be 'transpose' or 'query', got {broadcast!r}")
+            raise ConfigError(f"broadcast must be 'transpose' or 'query', got {broadcast!r}")
         if tied_output and variant != "shared":
-            raise ValueError("tied_output=True needs variant='shared' (the output is qkv.weight^T)")
+            raise ConfigError("tied_output=True needs variant='shared' (the output is qkv.weight^T)")
         if grid is not None and (len(grid) != 2 or min(grid) < 1):
-            raise ValueError(f"grid must be two positive ints (gh, gw) or None, got {grid}")
+            raise ConfigError(f"grid must be two positive ints (gh, gw) or None, got {grid}")
         if not (step_init is None or step_init == "normal" or isinstance(step_init, (int, float))
                 or (isinstance(step_init, (tuple, list)) and len(step_init) == 2)):
-            raise ValueError(f"step_init must be 'normal', a number, a (step_x, step_rep) pair or None, got "
+            raise ConfigError(f"step_init must be 'normal', a number, a (step_x, step_rep) pair or None, got "
                              f"{step_init!r}")
         if grid is None and broadcast == "query":
-            raise ValueError("broadcast='query' needs pooled representatives (grid is None)")
+            raise ConfigError("broadcast='query' needs pooled representatives (grid is None)")
         self.num_heads = num_heads
         self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
         self.inner_dim = num_heads * self.head_dim

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from cbsa_dense.errors import ConfigError
+
 #: ``neck(in_channels, in_stride) -> module`` with ``out_channels`` (int) and ``strides`` (list).
 NeckFactory = Callable[[int, int], nn.Module]
 #: ``head(in_channels, strides, num_classes) -> module`` following :mod:`cbsa_dense.models.heads.det_common`.
@@ -35,13 +37,13 @@ class Detector(nn.Module):
         super().__init__()
         for attr in ("out_channels", "out_strides"):
             if not getattr(encoder, attr, None):
-                raise ValueError(f"encoder {type(encoder).__name__} must declare {attr} (the encoder contract)")
+                raise ConfigError(f"encoder {type(encoder).__name__} must declare {attr} (the encoder contract)")
         self.encoder = encoder
         self.neck = neck(int(encoder.out_channels[-1]), int(encoder.out_strides[-1]))
         strides = [int(s) for s in self.neck.strides]
         self.head = head(int(self.neck.out_channels), strides, num_classes)
         if list(getattr(self.head, "strides", strides)) != strides:
-            raise ValueError(f"head strides {self.head.strides} differ from the neck's {strides}")
+            raise ConfigError(f"head strides {self.head.strides} differ from the neck's {strides}")
         self.num_classes = num_classes
         self.size_divisible = max(strides)
 

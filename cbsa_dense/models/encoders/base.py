@@ -15,6 +15,8 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cbsa_dense.errors import ConfigError
+
 
 class TokenEncoder(nn.Module):
     """Base of plain (single-stride) transformer encoders over patch tokens.
@@ -46,7 +48,7 @@ class TokenEncoder(nn.Module):
                 nn.init.normal_(token, std=1e-6)
         indices = [i if i >= 0 else depth + i for i in out_indices]
         if not indices or any(not 0 <= i < depth for i in indices) or sorted(set(indices)) != indices:
-            raise ValueError(f"out_indices must be increasing block indices in [-{depth}, {depth}), got "
+            raise ConfigError(f"out_indices must be increasing block indices in [-{depth}, {depth}), got "
                              f"{list(out_indices)}")
         self.out_indices = indices
         self.out_channels = [embed_dim] * len(indices)

@@ -9,6 +9,7 @@ import torch
 from timm.layers import to_2tuple, trunc_normal_
 from torch import nn
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers.cbsa_attention import CBSAAttention
 from cbsa_dense.layers.ista import ISTA
 from cbsa_dense.models.encoders.base import TokenEncoder
@@ -91,7 +92,7 @@ class CBTEncoder(TokenEncoder):
                  grad_checkpointing: bool = False) -> None:
         super().__init__()
         if embed_dim % 8:
-            raise ValueError(f"CBT's conv stem needs embed_dim divisible by 8, got {embed_dim}")
+            raise ConfigError(f"CBT's conv stem needs embed_dim divisible by 8, got {embed_dim}")
         self.patch_embed = ConvStem(to_2tuple(img_size), in_chans, embed_dim)
         self._init_tokens(embed_dim, self.patch_embed.grid_size, 16, True, 0, False, out_indices, depth,
                           final_norm, grad_checkpointing)
@@ -110,7 +111,7 @@ class CBTEncoder(TokenEncoder):
     def from_size(cls, size: str, **kwargs) -> CBTEncoder:
         """Build one of the paper's sizes: ``"tiny"``, ``"small"``, ``"base"`` or ``"large"``."""
         if size not in CBT_SIZES:
-            raise ValueError(f"unknown CBT size {size!r}; choose from {sorted(CBT_SIZES)}")
+            raise ConfigError(f"unknown CBT size {size!r}; choose from {sorted(CBT_SIZES)}")
         return cls(**{**CBT_SIZES[size], **kwargs})
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,7 @@ class ViTEncoder(TokenEncoder):
         self.arch = arch
         alt = {i if i >= 0 else depth + i for i in alt_attn_blocks}
         if alt and (alt_attn_layer is None or not alt <= set(range(depth))):
-            raise ValueError(f"alt_attn_blocks={list(alt_attn_blocks)} needs alt_attn_layer and block indices "
+            raise ConfigError(f"alt_attn_blocks={list(alt_attn_blocks)} needs alt_attn_layer and block indices "
                              f"in [-{depth}, {depth})")
         attn_layer = attn_layer or SoftmaxAttention
         attn_layers = [alt_attn_layer if i in alt else attn_layer for i in range(depth)]
@@ -141,7 +141,7 @@ class ViTEncoder(TokenEncoder):
             try:
                 state_dict = timm.create_model(source, pretrained=True).state_dict()
             except Exception as err:
-                raise ValueError(f"pretrained={source!r} is neither an existing file nor a timm model name "
+                raise ConfigError(f"pretrained={source!r} is neither an existing file nor a timm model name "
                                  f"whose weights could be fetched ({err})") from err
         return load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source), strict=strict,
                              may_reinit=("blocks.*.attn.step_x", "blocks.*.attn.step_rep"),

@@ -9,6 +9,7 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs
 from cbsa_dense.models.heads.det_faster_rcnn import pyramid_roi_align, rcnn_forward, rcnn_kwargs
 
@@ -45,7 +46,7 @@ class MaskRCNNHead(MaskRCNN):
                              box_batch_size_per_image)
         mask_layers = tuple(int(c) for c in mask_layers)
         if not mask_layers:
-            raise ValueError("MaskRCNNHead: mask_layers needs at least one conv width")
+            raise ConfigError("MaskRCNNHead: mask_layers needs at least one conv width")
         kwargs["mask_roi_pool"] = pyramid_roi_align(strides, 14)
         kwargs["mask_head"] = MaskRCNNHeads(in_channels, mask_layers, 1)
         kwargs["mask_predictor"] = MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1)
