@@ -32,7 +32,7 @@ def seg_run(tmp_path_factory) -> Path:
     """A tiny demo-segmentation run trained through the real CLI (1 epoch, 4 images), logged to
     TensorBoard, with the explanation callback on (the demo config draws validation predictions too); its checkpoint serves the explain and export tests."""
     run = tmp_path_factory.mktemp("seg_run")
-    cli_main(["fit", "--config", str(ROOT / "configs" / "demo_seg.yaml"),
+    cli_main(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml"),
               "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
               "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
               "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
@@ -55,7 +55,7 @@ def det_ckpt(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("det_run")
     threads = torch.get_num_threads()
     try:
-        cli_main(["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"),
+        cli_main(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"),
                   "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
                   "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
                   "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",

@@ -14,7 +14,7 @@ from cbsa_dense.cli import main as cli_main
 from cbsa_dense.errors import ConfigError, DataError, user_message
 from tests.conftest import ROOT, cli_user_error
 
-DEMO_SEG = str(ROOT / "configs" / "demo_seg.yaml")
+DEMO_SEG = str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml")
 
 
 def _tiny_seg(tmp_path: Path, *extra: str) -> list[str]:
@@ -132,6 +132,6 @@ def test_lightning_misconfiguration_is_one_line(tmp_path, capsys):
 
 
 def test_detection_head_class_count_is_one_line(tmp_path, capsys):
-    line = cli_user_error(["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"), "--data.init_args.root",
+    line = cli_user_error(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"), "--data.init_args.root",
                            str(tmp_path / "data"), "--model.init_args.num_classes", "0"], capsys)
     assert "num_classes must be >= 1, got 0" in line

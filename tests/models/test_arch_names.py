@@ -20,7 +20,7 @@ from cbsa_dense.models.encoders import ViTEncoder, adapt_timm_state_dict
 from cbsa_dense.models.encoders.vit import timm_vit_args
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+CONFIGS = sorted(p for p in (ROOT / "cbsa_dense" / "configs").rglob("*.yaml") if p.parent.name != "trainer")
 
 # name -> (img_size, patch, width, depth, heads, LayerScale init, registers, no_embed_class)
 ARCHS = {
@@ -119,12 +119,12 @@ PRETRAINED_CONFIGS = [p for p in CONFIGS if "pretrained" in _encoder_config(_shi
 
 
 def test_the_pretrained_configs_are_the_expected_ones():
-    names = {str(p.relative_to(ROOT / "configs")) for p in PRETRAINED_CONFIGS}
+    names = {str(p.relative_to(ROOT / "cbsa_dense" / "configs")) for p in PRETRAINED_CONFIGS}
     assert {"seg_ade20k.yaml", "seg_custom.yaml", "det_coco.yaml", "det_custom.yaml", "finetune_cpu.yaml",
             "paper/ade20k_cbt_small.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", PRETRAINED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+@pytest.mark.parametrize("config", PRETRAINED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "cbsa_dense" / "configs")))
 def test_shipped_config_encoder_takes_its_arch_weights_exactly(config):
     """Through the CLI's parser: the encoder names a timm arch, loads a random-initialized timm model of
     that arch with no unexpected or shape-mismatched tensor, and CBSA encoders use the ``qkv`` variant
