@@ -29,7 +29,7 @@ else
         "${common[@]}" --repeats 1 --out-dir "$OUT/encoder_2048" > "$OUT/encoder_2048.stdout.json"
 fi
 
-for cfg in configs/demo_seg.yaml configs/demo_det.yaml; do
+for cfg in demo_seg.yaml demo_det.yaml; do
     name=$(basename "$cfg" .yaml)
     cbsa-dense benchmark train --config "$cfg" --steps 20 --warmup-steps 3 --json \
         ${THREADS:+--threads "$THREADS"} > "$OUT/train_$name.json"

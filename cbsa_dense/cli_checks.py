@@ -9,10 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cbsa_dense.errors import ConfigError, OutputError
+from cbsa_dense.config_files import config_values, is_inline_yaml, load_config, read_config_file
+from cbsa_dense.errors import OutputError
 
 
 def apply_eval_protocol(config, stored: dict, ckpt_path: str) -> dict[str, str]:
@@ -130,32 +130,14 @@ def condense_parse_error(message: str) -> str:
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Refuse a ``--config`` that is not a readable YAML mapping, naming the file, line and column (jsonargparse
-    reports a YAML syntax error without the file name)."""
-    values = [b for a, b in zip(argv, argv[1:]) if a in ("--config", "-c")]
-    values += [a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-c="))]
-    for value in values:
-        if Path(value).is_file():                      # else jsonargparse names it (missing, a directory)
-            check_config_file(Path(value))
+    """Refuse a ``--config`` that names no file and no shipped config, or whose file (or one of its ``_base_``
+    files) is not a readable YAML mapping, naming the file, line and column (jsonargparse reports a YAML syntax
+    error without the file name). YAML text given as ``--config`` is left to jsonargparse."""
+    for value in config_values(argv):
+        if not is_inline_yaml(value):
+            load_config(value)
 
 
 def check_config_file(path: Path) -> None:
     """ConfigError unless ``path`` holds a YAML mapping (names the file, and the line and column of a syntax error)."""
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"config {path} is not a text file ({error.reason} at byte {error.start}): give a YAML "
-                          "file") from error
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        lines = path.read_text().splitlines()
-        tab = bool(mark) and mark.line < len(lines) and "\t" in lines[mark.line]
-        raise ConfigError(f"config {path} is not valid YAML: {problem}{where}"
-                          + ("; YAML indents with spaces, not tabs" if tab else "; fix the syntax")) from error
-    if loaded is None:
-        raise ConfigError(f"config {path} is empty: give the sections to set (trainer:, model:, data:, ...)")
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config {path} holds a YAML {type(loaded).__name__}, not a mapping of sections "
-                          "(trainer:, model:, data:, ...): fix the file")
+    read_config_file(path)

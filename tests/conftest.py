@@ -12,6 +12,9 @@ from cbsa_dense.cli import main as cli_main
 #: ``../shared`` beside the checkout (read-only reference data; tests skip when it is absent).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ROOT = Path(__file__).resolve().parents[1]
+#: The shipped configs a user runs (not the ``base/`` building blocks nor the ``trainer/`` presets).
+CONFIG_DIR = ROOT / "cbsa_dense" / "configs"
+TASK_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name not in ("trainer", "base"))
 
 
 @pytest.fixture(autouse=True)

@@ -95,7 +95,7 @@ def test_bad_file_is_one_line(entry, bad, seg_ckpt, work, capsys):
 def test_detection_checkpoint_with_segmentation_config(entry, det_ckpt, work, capsys):
     line = cli_user_error(_entry(entry, det_ckpt, work), capsys)
     assert (f"the checkpoint {det_ckpt} holds a DetectionTask (hyper_parameters _class_path "
-            f"cbsa_dense.tasks.detection.DetectionTask), the config builds SegmentationTask: ") in line, line
+            f"cbsa_dense.tasks.DetectionTask), the config builds SegmentationTask: ") in line, line
     if entry == "--model.init_args.weights":
         assert "or set --model.init_args.weights_strict false to load only the tensors that fit" in line
     elif entry == "fit --ckpt_path":
@@ -107,7 +107,7 @@ def test_detection_checkpoint_with_segmentation_config(entry, det_ckpt, work, ca
 def test_segmentation_checkpoint_with_detection_config(seg_ckpt, work, capsys):
     line = cli_user_error(["test", "--config", DET_CONFIG, *_det_args(work), "--ckpt_path", str(seg_ckpt)], capsys)
     assert (f"the checkpoint {seg_ckpt} holds a SegmentationTask (hyper_parameters _class_path "
-            f"cbsa_dense.tasks.segmentation.SegmentationTask), the config builds DetectionTask") in line, line
+            f"cbsa_dense.tasks.SegmentationTask), the config builds DetectionTask") in line, line
 
 
 def test_the_task_hook_checks_the_class_before_lightnings_strict_load(seg_ckpt, det_ckpt):
@@ -123,7 +123,7 @@ def test_the_task_hook_checks_the_class_before_lightnings_strict_load(seg_ckpt, 
 
 def test_read_checkpoint_reads_our_checkpoints_weights_only(seg_ckpt):
     checkpoint = read_checkpoint(seg_ckpt)
-    assert checkpoint["hyper_parameters"]["_class_path"] == "cbsa_dense.tasks.segmentation.SegmentationTask"
+    assert checkpoint["hyper_parameters"]["_class_path"] == "cbsa_dense.tasks.SegmentationTask"
     assert all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values())
 
 

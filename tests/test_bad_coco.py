@@ -73,7 +73,7 @@ def _config(tmp_path: Path, root: Path, train_json: str = "annotations/train.jso
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(tmp_path / "run"), "name": "csv"}}},
         "model": {"class_path": "cbsa_dense.tasks.detection.DetectionTask", "init_args": {
-            "num_classes": 2, "results_dir": str(tmp_path / "results"),
+            "results_dir": str(tmp_path / "results"),
             "encoder": {"class_path": "cbsa_dense.models.encoders.ViTEncoder", "init_args": {
                 "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
                 "attn_layer": {"class_path": "cbsa_dense.layers.CBSAAttention", "init_args": {"grid": [2, 2]}}}},

@@ -75,8 +75,8 @@ def make_dataset(root: Path, n: int = 2, size: tuple[int, int] = (24, 40)) -> Pa
 
 def cli_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
     """A tiny ``seg_custom.yaml`` fit on ``root``'s explicit folders (1 step, no validation run)."""
-    enc = "--model.init_args.model.init_args.encoder.init_args."
-    head = "--model.init_args.model.init_args.head.init_args."
+    enc = "--model.init_args.encoder.init_args."
+    head = "--model.init_args.head.init_args."
     return ["fit", "--config", str(CONFIGS / "seg_custom.yaml"),
             "--data.init_args.train_images", str(root / "images" / "train"),
             "--data.init_args.train_masks", str(root / "masks" / "train"),
@@ -87,7 +87,7 @@ def cli_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--data.init_args.eval_scale", "[128, 32]", "--data.init_args.batch_size", "2",
             "--data.init_args.num_workers", "0",
             f"{enc}img_size", "32", f"{enc}patch_size", "8", f"{enc}embed_dim", "32", f"{enc}depth", "1",
-            f"{enc}num_heads", "2", f"{head}in_channels", "32", f"{head}num_classes", "3", f"{head}n_layers", "1",
+            f"{enc}num_heads", "2", f"{head}n_layers", "1",
             "--model.init_args.inference.init_args.window", "[32, 32]",
             "--model.init_args.inference.init_args.stride", "[24, 24]",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),

@@ -93,8 +93,7 @@ def test_checkpoint_with_another_class_count_reinitializes_the_head():
 
     def build(num_classes):
         torch.manual_seed(num_classes)
-        return Segmentor(ViTEncoder(img_size=32, embed_dim=32, depth=1, num_heads=2),
-                         LinearHead(in_channels=32, num_classes=num_classes))
+        return Segmentor(ViTEncoder(img_size=32, embed_dim=32, depth=1, num_heads=2), LinearHead, num_classes)
 
     source, target = build(6), build(9)
     fresh_head = {k: v.clone() for k, v in target.state_dict().items() if k.startswith("head.")}

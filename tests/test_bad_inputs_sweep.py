@@ -36,7 +36,6 @@ def _fit_folder(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     return ["fit", "--config", DEMO_SEG, "--data", "cbsa_dense.data.seg_folder.SegFolderDataModule",
             "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
             "--data.init_args.crop_size", "[16, 16]", "--data.init_args.scale", "[16, 12]",
-            "--model.init_args.model.init_args.head.init_args.num_classes", "2",
             "--trainer.fast_dev_run", "true", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
             "--trainer.default_root_dir", str(tmp_path / "runs"), *extra]
 
@@ -49,9 +48,9 @@ def _demo(tmp_path: Path, *extra: str) -> list[str]:
 # --- config values that jsonargparse rejects: the key and the cause, not the Union dump ---------------------
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("--data.init_args.crop_size", "96", "--data.init_args.crop_size (cbsa_dense.data.demo_seg.DemoSegDataModule)"),
+    ("--data.init_args.crop_size", "96", "--data.init_args.crop_size (cbsa_dense.data.DemoSegDataModule)"),
     ("--data.init_args.mean", "[0.5, 0.5]", "Expected a tuple with 3 elements"),
-    ("--model.init_args.model.init_args.encoder.init_args.depth", "abc", "expected int or null, got 'abc'"),
+    ("--model.init_args.encoder.init_args.depth", "abc", "expected int or null, got 'abc'"),
     ("--data.init_args.bogus", "1", "Option 'bogus' is not accepted"),
 ])
 def test_type_errors_name_the_key_and_cause_in_one_line(tmp_path, capsys, key, value, expected):

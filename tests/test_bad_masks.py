@@ -87,12 +87,9 @@ def test_jpeg_masks_beside_png_expectation_are_named(tmp_path):
 def tiny_task():
     from cbsa_dense.models.encoders import ViTEncoder
     from cbsa_dense.models.heads.linear_head import LinearHead
-    from cbsa_dense.models.segmentor import Segmentor
     from cbsa_dense.tasks.segmentation import SegmentationTask
 
-    model = Segmentor(ViTEncoder(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2),
-                      LinearHead(in_channels=16, num_classes=3))
-    return SegmentationTask(model)
+    return SegmentationTask(ViTEncoder(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2), LinearHead, 3)
 
 
 def test_all_ignored_batch_gives_zero_loss_and_is_counted():

@@ -1,7 +1,6 @@
 """Evaluating a checkpoint needs the data config only: the task is rebuilt from the checkpoint."""
 
 import json
-import re
 
 import pytest
 
@@ -12,11 +11,33 @@ from tests.conftest import ROOT
 def test_model_config_is_taken_from_the_checkpoint(seg_ckpt):
     args = _model_from_checkpoint(["test", "--ckpt_path", str(seg_ckpt), "--data", "X"])
     model = json.loads(args[2])
-    assert args[1] == "--model" and model["class_path"] == "cbsa_dense.tasks.segmentation.SegmentationTask"
-    assert model["init_args"]["model"]["init_args"]["head"]["init_args"]["num_classes"] == 6
+    assert args[1] == "--model" and model["class_path"].endswith(".SegmentationTask")
+    assert model["init_args"]["head"]["class_path"].endswith(".CBTDecoder")
+    assert "num_classes" not in model["init_args"]          # set by the data (linked), not replayed
     assert _model_from_checkpoint(["fit", "--ckpt_path", str(seg_ckpt)]) == ["fit", "--ckpt_path", str(seg_ckpt)]
     explicit = ["test", "--ckpt_path", str(seg_ckpt), "--model", "Y"]
     assert _model_from_checkpoint(explicit) == explicit
+
+
+def test_a_checkpoint_of_the_first_release_is_replayed_in_the_one_assembly_layout(tmp_path):
+    """0.1 stored a segmentation task as ``model: Segmentor(encoder, head(in_channels, num_classes))``."""
+    import torch
+
+    old = {"_class_path": "cbsa_dense.tasks.segmentation.SegmentationTask",
+           "model": {"class_path": "cbsa_dense.models.segmentor.Segmentor", "init_args": {
+               "encoder": {"class_path": "cbsa_dense.models.encoders.ViTEncoder", "init_args": {"depth": 1}},
+               "head": {"class_path": "cbsa_dense.models.heads.cbt_decoder.CBTDecoder",
+                        "init_args": {"in_channels": 384, "num_classes": 150, "n_layers": 3}}}},
+           "weight_decay": None}
+    torch.save({"state_dict": {}, "hyper_parameters": old}, tmp_path / "old.ckpt")
+    args = _model_from_checkpoint(["test", "--ckpt_path", str(tmp_path / "old.ckpt"), "--data", "X"])
+    init = json.loads(args[2])["init_args"]
+    assert init["encoder"]["init_args"] == {"depth": 1} and "model" not in init and "num_classes" not in init
+    assert init["head"] == {"class_path": "cbsa_dense.models.heads.cbt_decoder.CBTDecoder",
+                            "init_args": {"n_layers": 3}}
+    from cbsa_dense.models.checkpoint import stored_num_classes
+
+    assert stored_num_classes({"hyper_parameters": old}) == 150
 
 
 def test_test_with_only_the_data_config(seg_run, seg_ckpt, tmp_path):
@@ -32,8 +53,7 @@ def _best_val_miou(ckpt) -> float:
     import torch
 
     states = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
-    return float(next(v["best_model_score"] for k, v in states.items() if k.startswith("ModelCheckpoint")
-                      and v.get("monitor") == "val_miou"))
+    return float(next(v["best_model_score"] for v in states.values() if v.get("monitor") == "val_miou"))
 
 
 def test_evaluation_protocol_travels_with_the_checkpoint(seg_run, seg_ckpt, tmp_path, capsys):
@@ -71,4 +91,4 @@ def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path, cap
               "--data.val_images", str(images), "--data.val_masks", str(masks), "--data.validate_labels", "false",
               "--data.class_names", "[a, b, c]", "--trainer.logger", "false",
               "--trainer.default_root_dir", str(tmp_path)], capsys)
-    assert re.search(r"num_classes=3 .* 6 classes", line), line
+    assert f"checkpoint {seg_ckpt} was trained for 6 classes but the model is built for 3" in line, line

@@ -25,17 +25,16 @@ def _tiny_seg(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_constructor_error_is_one_line_not_a_union_dump(tmp_path, capsys):
-    line = cli_user_error(["fit", *_tiny_seg(tmp_path, "--model.init_args.model.init_args.head.init_args.num_classes",
-                                              "-1")], capsys)
-    assert line.endswith("CBTDecoder: num_classes must be >= 1, got -1"), line
+    line = cli_user_error(["fit", *_tiny_seg(tmp_path, "--model.init_args.head.init_args.in_index", "3")], capsys)
+    assert "CBTDecoder reads encoder output in_index=3 but the encoder has 1 outputs" in line, line
     assert "Union" not in line and not (tmp_path / "data").exists()        # stopped before any work
 
 
 def test_traceback_flag_and_environment_variable_reraise(tmp_path, monkeypatch):
-    argv = ["fit", *_tiny_seg(tmp_path, "--model.init_args.model.init_args.head.init_args.num_classes", "0")]
+    argv = ["fit", *_tiny_seg(tmp_path, "--model.init_args.head.init_args.in_index", "3")]
     with pytest.raises(ValueError) as raised:
         cli_main([*argv, "--traceback"])
-    assert "num_classes must be >= 1, got 0" in str(raised.value.__cause__ or raised.value)
+    assert "in_index=3" in str(raised.value.__cause__ or raised.value)
     monkeypatch.setenv("CBSA_DENSE_TRACEBACK", "1")
     with pytest.raises(ValueError):
         cli_main(argv)
@@ -131,7 +130,15 @@ def test_lightning_misconfiguration_is_one_line(tmp_path, capsys):
     assert "LearningRateMonitor" in line and line.endswith("(Lightning)")
 
 
-def test_detection_head_class_count_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--model.init_args.num_classes", "--model.num_classes"])
+def test_num_classes_on_the_command_line_points_to_the_data(tmp_path, capsys, flag):
     line = cli_user_error(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"), "--data.init_args.root",
-                           str(tmp_path / "data"), "--model.init_args.num_classes", "0"], capsys)
-    assert "num_classes must be >= 1, got 0" in line
+                           str(tmp_path / "data"), flag, "5"], capsys)
+    assert f"{flag}: num_classes is set by the data" in line and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("flag", ["--optimizer", "--lr_scheduler.class_path"])
+def test_top_level_optimizer_is_routed_to_the_task(tmp_path, capsys, flag):
+    line = cli_user_error(["fit", *_tiny_seg(tmp_path, flag, "torch.optim.SGD")], capsys)
+    option = flag[2:].split(".")[0]
+    assert f"use --model.init_args.{option}" in line and "parameter groups" in line

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from cbsa_dense.cli import main
-from tests.conftest import cli_user_error
+from tests.conftest import TASK_CONFIGS, cli_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "cbsa_dense" / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+CONFIGS = TASK_CONFIGS
 
 
 def _print_config(*args) -> str:

@@ -70,10 +70,14 @@ class _StepTimer(Callback):
 
 
 def parse_config(config: str, overrides: Sequence[str] = ()):
-    """Model, datamodule and trainer settings of a ``cbsa-dense fit`` config (nothing is run)."""
+    """Model, datamodule and trainer settings of a ``cbsa-dense fit`` config (nothing is run). ``config``: a
+    file or a shipped config name, composed from its ``_base_`` files as ``cbsa-dense fit`` does."""
     from cbsa_dense.cli import CBSADenseCLI
+    from cbsa_dense.config_files import compose_config_args, config_error_context
 
-    cli = CBSADenseCLI(run=False, args=["--config", str(config), *overrides])
+    args = compose_config_args(["--config", str(config), *overrides])     # shipped names, _base_ files
+    with config_error_context(args):
+        cli = CBSADenseCLI(run=False, args=args)
     trainer_cfg = cli.config.get("trainer", {}) or {}
     settings = {k: trainer_cfg[k] for k in _STEP_SETTINGS if trainer_cfg.get(k) is not None}
     return cli.model, cli.datamodule, settings

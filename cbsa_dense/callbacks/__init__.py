@@ -6,6 +6,7 @@ from cbsa_dense.callbacks.explain import ExplainCallback
 from cbsa_dense.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 from cbsa_dense.callbacks.prediction_images import PredictionImages
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
+from cbsa_dense.callbacks.task_checkpoint import TaskCheckpoint
 
 __all__ = ["CompileEncoder", "ExactResume", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError",
-           "PredictionImages", "PreemptionCheckpoint"]
+           "PredictionImages", "PreemptionCheckpoint", "TaskCheckpoint"]

@@ -4,7 +4,7 @@ Examples::
 
     cbsa-dense benchmark attention --tokens 1024 4096 16384 --dim 384 --heads 6 --json
     cbsa-dense benchmark encoder --image-size 512 1024 2048 --json --out-dir bench_out
-    cbsa-dense benchmark train --config configs/demo_seg.yaml --steps 20
+    cbsa-dense benchmark train --config demo_seg.yaml --steps 20
     cbsa-dense benchmark targets --attention bench_out/attention.json --encoder bench_out/encoder.json
 
 With ``--json`` the records are printed as one JSON list (``train``: one JSON object); otherwise as a
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="training steps/s and images/s of a config, and its loader alone",
                            description="Unknown arguments are passed to the config parser as overrides, "
                                        "e.g. --data.init_args.batch_size 2.")
-    train.add_argument("--config", required=True, help="a `cbsa-dense fit` YAML config")
+    train.add_argument("--config", required=True,
+                       help="a `cbsa-dense fit` config: a YAML file or a shipped name (`cbsa-dense configs`)")
     train.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     train.add_argument("--warmup-steps", type=int, default=3, help="untimed steps (and loader batches) first")
     train.add_argument("--data-batches", type=int, default=None, help="loader-only batches (default: --steps)")

@@ -11,31 +11,50 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cbsa_dense.errors import ConfigError
 
 
-def build_model_from_config(config: dict) -> nn.Module:
-    """Instantiate the ``model`` section (a ``class_path`` / ``init_args`` tree) of a training config."""
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import LightningModule
+def build_model_from_config(config: dict, num_classes: int | None = None) -> nn.Module:
+    """Instantiate the ``model`` section (a ``class_path`` / ``init_args`` tree) of a training config.
 
+    The task's ``num_classes`` is set by the data, as ``cbsa-dense fit`` does: ``num_classes`` when given,
+    else the ``data`` section's datamodule is built (nothing is read but its class list) and asked.
+    """
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from cbsa_dense.cli import register_short_names
+
+    register_short_names()
     if "model" not in config:
         raise ConfigError("the config has no 'model' section")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model")
+    parser.add_subclass_arguments(LightningDataModule, "data", required=False)
     from jsonargparse import ArgumentError
 
     from cbsa_dense.cli_checks import condense_parse_error
 
+    model = json.loads(json.dumps(config["model"]))
+    init_args = model.setdefault("init_args", {})
+    if num_classes is not None:
+        init_args["num_classes"] = int(num_classes)
+    elif "num_classes" not in init_args and config.get("data"):
+        try:
+            data = parser.instantiate_classes(parser.parse_object({"data": config["data"]}, defaults=False)).data
+        except Exception as error:       # noqa: BLE001 - reported with the way out
+            raise ConfigError(f"the class count comes from the data, and its datamodule could not be built "
+                              f"({str(error).splitlines()[0]}); pass --num-classes N") from error
+        init_args["num_classes"] = getattr(data, "num_classes", None)
+        if not init_args["num_classes"]:
+            raise ConfigError(f"the datamodule {type(data).__name__} declares no classes yet; pass --num-classes N")
     try:
-        cfg = parser.parse_object({"model": config["model"]})
+        cfg = parser.parse_object({"model": model})
     except ArgumentError as error:
         raise ConfigError(condense_parse_error(str(error))) from error
     return parser.instantiate_classes(cfg).model
@@ -133,21 +152,22 @@ def count(model: nn.Module, image_size: tuple[int, int]) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cbsa-dense info", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="training config (YAML) with a model section")
+    parser.add_argument("--config", required=True,
+                        help="training config with a model section: a YAML file or a shipped config name "
+                             "(`cbsa-dense configs` lists them); _base_ files are merged in")
     parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
                         help="input size (default: the data's crop_size, else 512 512)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="class count of the head (default: the config's data, as `fit` builds it)")
     args = parser.parse_args(argv)
-    if not args.config.is_file():
-        parser.error(f"config file {args.config} does not exist")
-    from cbsa_dense.cli_checks import check_config_file
+    from cbsa_dense.config_files import config_error_context, load_config
 
-    check_config_file(args.config)
-    config = yaml.safe_load(args.config.read_text())
+    config = load_config(args.config)
     size = tuple(args.image_size) if args.image_size else _default_size(config)
     if len(size) != 2 or min(size) < 1:
         raise ConfigError(f"--image-size {size[0]} {size[1]}: give two positive integers (height, width)")
-    with torch.device("meta"):
-        model = build_model_from_config(config)
+    with torch.device("meta"), config_error_context([], [args.config]):
+        model = build_model_from_config(config, args.num_classes)
     result = {"config": str(args.config), **count(model, size)}
     print(json.dumps(result, indent=1))
     return 0

@@ -50,6 +50,8 @@ class ADE20KDataModule(SegDataModule):
         eval_scale: evaluation keep-ratio resize, short side 512 (640 for 640 crops).
         mean: normalization mean; Segmenter's ViTs use (0.5, 0.5, 0.5).
         std: normalization std; Segmenter's ViTs use (0.5, 0.5, 0.5).
+        global_batch_size: the paper's "batch 8": the total per optimizer step, divided over the devices
+            (and gradient accumulation) at setup; leave ``batch_size`` (per device) at its default then.
         **kwargs: the remaining :class:`~cbsa_dense.data.seg_datamodule.SegDataModule` arguments.
     """
 
@@ -61,14 +63,15 @@ class ADE20KDataModule(SegDataModule):
                  eval_scale: tuple[int, int] | None = (2048, 512),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  validate_labels: bool = True, predict_images: str | None = None,
-                 palette: list[list[int]] | None = None) -> None:
+                 palette: list[list[int]] | None = None, global_batch_size: int | None = None) -> None:
         if class_names is None and num_classes == len(ADE20K_CLASSES):
             class_names = list(ADE20K_CLASSES)
         super().__init__(num_classes=num_classes, class_names=class_names, palette=palette,
                          reduce_zero_label=True, batch_size=batch_size, val_batch_size=val_batch_size,
                          num_workers=num_workers, crop_size=crop_size, scale=scale, ratio_range=ratio_range,
                          cat_max_ratio=cat_max_ratio, photometric=photometric, eval_scale=eval_scale, mean=mean,
-                         std=std, validate_labels=validate_labels, predict_images=predict_images)
+                         std=std, validate_labels=validate_labels, predict_images=predict_images,
+                         global_batch_size=global_batch_size)
         self.save_hyperparameters()
         self.root = Path(root)
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from cbsa_dense.data.coco_dataset import COCODetectionDataset, COCOFormatError, collate_detection, load_coco
 from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from cbsa_dense.data.global_batch import check_global_batch_size, resolve_batch_size
 from cbsa_dense.data.loaders import train_loader
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_transforms import check_normalization, check_ratio_range
@@ -84,8 +85,12 @@ class COCODetectionDataModule(LightningDataModule):
             structural problems always fail, and so does a training set left empty).
         allow_outside_root: accept image ``file_name``s that point outside their image directory (``..``,
             absolute paths); by default such a json is rejected.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        batch_size: training batch size per device (per DataLoader).
+        eval_batch_size: validation/test/predict batch size (default: the per-device training batch).
+        global_batch_size: training batch per optimizer step over all devices, as papers state it; when
+            set, the per-device batch is ``global_batch_size / (world size x accumulate_grad_batches)``,
+            computed at setup (an error when it does not divide; see :mod:`cbsa_dense.data.global_batch`).
+            Leave ``batch_size`` at its default when using it.
         num_workers: DataLoader workers (each reseeds the augmentation, see ``seed_worker``).
     """
 
@@ -96,11 +101,13 @@ class COCODetectionDataModule(LightningDataModule):
                  scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
-                 eval_batch_size: int | None = None, num_workers: int = 2, allow_outside_root: bool = False) -> None:
+                 eval_batch_size: int | None = None, num_workers: int = 2, allow_outside_root: bool = False,
+                 global_batch_size: int | None = None) -> None:
         super().__init__()
         _check_settings(image_size=image_size, scale_range=scale_range, hflip=hflip, min_box_size=min_box_size,
                         mean=mean, std=std, batch_size=batch_size, eval_batch_size=eval_batch_size,
                         num_workers=num_workers)
+        check_global_batch_size(self, global_batch_size, batch_size)
         self.save_hyperparameters()
         self.root = root
         self.splits = {
@@ -122,19 +129,63 @@ class COCODetectionDataModule(LightningDataModule):
         self.drop_invalid = drop_invalid
         self.allow_outside_root = allow_outside_root
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.global_batch_size = global_batch_size
+        self._eval_batch_size = eval_batch_size
+        self._batch_resolved = False
         self.num_workers = num_workers
         self.datasets: dict[str, COCODetectionDataset] = {}
         self.category_ids: list[int] = []
         self.class_names: list[str] = []
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation/test/predict batch: ``eval_batch_size``, else the per-device training batch (with
+        ``global_batch_size`` outside training: its share per device, rounded down, never an error)."""
+        if self._eval_batch_size:
+            return self._eval_batch_size
+        if self.global_batch_size is not None and not self._batch_resolved:
+            world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+            return max(1, self.global_batch_size // max(1, int(world)))
+        return self.batch_size
+
+    @eval_batch_size.setter
+    def eval_batch_size(self, value: int | None) -> None:
+        self._eval_batch_size = value
+
+    def _resolve_batch_size(self) -> int:
+        self.batch_size = resolve_batch_size(self, self.global_batch_size, self.batch_size)
+        self._batch_resolved = True
+        return self.batch_size
+
     def _path(self, path: str) -> Path:
         return Path(self.root) / path if self.root is not None else Path(path)
 
     @property
-    def num_classes(self) -> int:
-        """Number of object categories (after :meth:`setup`)."""
-        return len(self.category_ids)
+    def num_classes(self) -> int | None:
+        """Number of object categories: those of the annotation jsons. Before :meth:`setup` they are read from
+        the smallest configured json that exists (every split must declare the same categories; setup
+        checks it); ``None`` when no json declares any (e.g. an images-only json to predict)."""
+        if not self.category_ids:
+            self._peek_categories()
+        return len(self.category_ids) or None
+
+    def _peek_categories(self) -> None:
+        import json
+
+        paths = {self._path(json_path) for json_path, _ in self.splits.values() if json_path is not None}
+        if paths and not any(p.is_file() for p in paths):
+            raise DataError(f"no annotation json found: {', '.join(sorted(map(str, paths)))} "
+                            f"{'does' if len(paths) == 1 else 'do'} not exist (the categories, and so the class "
+                            "count, come from them); check data root and the *_json paths")
+        for path in sorted((p for p in paths if p.is_file()), key=lambda p: p.stat().st_size):
+            try:
+                cats = sorted(json.loads(path.read_text()).get("categories") or [], key=lambda c: c["id"])
+                ids, names = [c["id"] for c in cats], [str(c.get("name", c["id"])) for c in cats]
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                continue                            # setup reads it properly and names what is wrong
+            if ids:
+                self.category_ids, self.class_names = ids, names
+                return
 
     def _set_categories(self, coco, json_path: Path) -> None:
         if not coco.dataset["categories"]:  # an images-only json to predict: categories come from elsewhere
@@ -171,6 +222,8 @@ class COCODetectionDataModule(LightningDataModule):
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
         order = ["train", "val", "test", "predict"]
         splits = wanted.get(stage, order) if stage else order
+        if self.global_batch_size is not None and stage in (None, "fit"):
+            self._resolve_batch_size()
         if not self.category_ids and "train" not in splits and self.splits["train"][0] is not None:
             splits = ["train", *splits]  # category order is the training json's
         for split in splits:
@@ -193,8 +246,9 @@ class COCODetectionDataModule(LightningDataModule):
         """Shuffled by a resumable, epoch-seeded sampler with per-sample seeded augmentation, so a run
         killed mid-epoch resumes exactly (with :class:`~cbsa_dense.callbacks.ExactResume`)."""
         dataset = self.datasets["train"]
-        return train_loader(dataset, self.batch_size, self.num_workers, collate_fn=collate_detection,
-                            drop_last=len(dataset) > self.batch_size)
+        batch_size = self._resolve_batch_size()
+        return train_loader(dataset, batch_size, self.num_workers, collate_fn=collate_detection,
+                            drop_last=len(dataset) > batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.eval_batch_size)

@@ -182,22 +182,29 @@ class DemoDetectionDataModule(COCODetectionDataModule):
             default, one per core). On CPUs shared with other jobs, 1 avoids the oversubscription stalls
             that made a 2-thread run 5-10x slower in our measurements.
         image_size, scale_range, hflip, min_box_size, with_masks, batch_size, eval_batch_size,
-            num_workers: as in :class:`COCODetectionDataModule` (the json/image paths are set here).
+            num_workers, global_batch_size: as in :class:`COCODetectionDataModule` (the json/image paths are set here).
     """
 
     def __init__(self, root: str = "data_cache/demo_coco", num_train: int = 320, num_val: int = 64,
                  size_range: tuple[int, int] = (112, 160), seed: int = 0, image_size: int = 128,
                  scale_range: tuple[float, float] = (0.75, 1.25), hflip: float = 0.5, min_box_size: float = 1.0,
                  with_masks: bool = False, batch_size: int = 8, eval_batch_size: int | None = None,
-                 num_workers: int = 1, num_threads: int | None = None) -> None:
+                 num_workers: int = 1, num_threads: int | None = None,
+                 global_batch_size: int | None = None) -> None:
         super().__init__(root=root, train_json="annotations/instances_train.json", train_images="train",
                          val_json="annotations/instances_val.json", val_images="val", image_size=image_size,
                          scale_range=scale_range, hflip=hflip, min_box_size=min_box_size, with_masks=with_masks,
-                         batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+                         batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         global_batch_size=global_batch_size)
         self.demo_args = {"num_train": num_train, "num_val": num_val, "size_range": tuple(size_range), "seed": seed}
         if num_threads is not None and num_threads < 1:
             raise ConfigError(f"data num_threads must be >= 1 or null, got {num_threads}")
         self.num_threads = num_threads
+
+    @property
+    def num_classes(self) -> int:
+        """The demo's categories (known before the set is generated)."""
+        return len(CATEGORIES)
 
     def prepare_data(self) -> None:
         generate_demo_coco(self.root, **self.demo_args)

@@ -141,14 +141,15 @@ class DemoSegDataModule(ADE20KDataModule):
                  eval_scale: tuple[int, int] | None = None,
                  mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  validate_labels: bool = True, predict_images: str | None = None,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, global_batch_size: int | None = None) -> None:
         if num_threads is not None and num_threads < 1:
             raise ConfigError(f"num_threads={num_threads!r} is invalid: give an integer >= 1, or null")
         super().__init__(root=root, num_classes=len(DEMO_CLASSES), class_names=list(DEMO_CLASSES),
                          batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
                          crop_size=crop_size, scale=scale, ratio_range=ratio_range, cat_max_ratio=cat_max_ratio,
                          photometric=photometric, eval_scale=eval_scale, mean=mean, std=std,
-                         validate_labels=validate_labels, predict_images=predict_images)
+                         validate_labels=validate_labels, predict_images=predict_images,
+                         global_batch_size=global_batch_size)
         self.save_hyperparameters()
         self.num_threads = num_threads
         self.generation = {"num_train": num_train, "num_val": num_val, "image_size": tuple(image_size),

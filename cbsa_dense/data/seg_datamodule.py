@@ -14,6 +14,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from cbsa_dense.data.global_batch import check_global_batch_size, resolve_batch_size
 from cbsa_dense.data.loaders import eval_loader, train_loader
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
@@ -31,7 +32,11 @@ class SegDataModule(LightningDataModule):
         palette: (C, 3) display colours for overlays (``None``: generated).
         reduce_zero_label: annotation 0 means "unlabelled" and class k is stored as k + 1.
         ignore_index: the annotations' ignore value (mapped to 255 internally).
-        batch_size: training batch size (per device).
+        batch_size: training batch size per device (per DataLoader).
+        global_batch_size: training batch per optimizer step over all devices, as papers state it
+            ("batch 8"); when set, the per-device batch is ``global_batch_size / (world size x
+            accumulate_grad_batches)``, computed at setup (an error when it does not divide; see
+            :mod:`cbsa_dense.data.global_batch`). Leave ``batch_size`` at its default when using it.
         val_batch_size: evaluation batch size (images of different sizes are handled one by one).
         num_workers: DataLoader workers (each reseeds its augmentation RNG).
         crop_size: (height, width) of training crops (positive).
@@ -59,7 +64,8 @@ class SegDataModule(LightningDataModule):
                  cat_max_ratio: float = 0.75, photometric: bool = True,
                  eval_scale: tuple[int, int] | None = (2048, 512),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
-                 validate_labels: bool = True, predict_images: str | None = None) -> None:
+                 validate_labels: bool = True, predict_images: str | None = None,
+                 global_batch_size: int | None = None) -> None:
         super().__init__()
         if not 1 <= num_classes <= 255:
             raise ConfigError(f"num_classes={num_classes} is invalid: must be in [1, 255] (255 is the ignore "
@@ -80,7 +86,9 @@ class SegDataModule(LightningDataModule):
                 raise ConfigError(f"{name}={value!r} is invalid: give an integer >= {low}")
         self.reduce_zero_label = reduce_zero_label
         self.ignore_index = ignore_index
+        check_global_batch_size(self, global_batch_size, batch_size)
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
         self.mean, self.std = tuple(mean), tuple(std)
@@ -114,6 +122,8 @@ class SegDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"],
                   None: ["train", "val"]}[stage]
+        if "train" in splits:
+            self.batch_size = resolve_batch_size(self, self.global_batch_size, self.batch_size)
         for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
@@ -136,6 +146,7 @@ class SegDataModule(LightningDataModule):
         if "train" not in self.datasets:
             self.datasets["train"] = self.make_dataset("train")
         dataset = self.datasets["train"]
+        self.batch_size = resolve_batch_size(self, self.global_batch_size, self.batch_size)
         return train_loader(dataset, self.batch_size, self.num_workers, collate_fn=seg_collate,
                             drop_last=len(dataset) > self.batch_size)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import nn
 
+from cbsa_dense.layers.base import AttnLayer
 from cbsa_dense.layers.softmax_attention import SoftmaxAttention
-
-AttnLayer = Callable[[int, int], nn.Module]
 
 
 class Block(nn.Module):

@@ -10,6 +10,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.layers.base import TokenMixer
 from cbsa_dense.layers.tokens import check_layout, resolve_head_dim
 
 
@@ -154,7 +155,7 @@ def _apply(function: type[torch.autograd.Function], *args):
 QKV_STEP_INIT: tuple[float, float] = (0.5, 0.5)
 
 
-class CBSAAttention(nn.Module):
+class CBSAAttention(TokenMixer):
     """CBSA: contract a few pooled representatives, broadcast the result back to every token.
 
     Per head, with tokens w (projected), representatives ``R0 = AdaptiveAvgPool2d(grid)`` of the patch

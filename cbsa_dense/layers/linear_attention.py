@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbsa_dense.layers.base import TokenMixer
 from cbsa_dense.layers.tokens import check_layout, resolve_head_dim
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(TokenMixer):
     """Linear attention with feature map ``elu(x) + 1``: ``phi(q) (phi(k)^T v) / (phi(q) sum phi(k))``.
 
     Same parameter names and call contract as :class:`~cbsa_dense.layers.SoftmaxAttention`.

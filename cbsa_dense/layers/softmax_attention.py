@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbsa_dense.layers.base import TokenMixer
 from cbsa_dense.layers.tokens import check_layout, resolve_head_dim
 
 
-class SoftmaxAttention(nn.Module):
+class SoftmaxAttention(TokenMixer):
     """Standard MHSA with timm's parameter names (``qkv``, ``proj``), so timm ViT weights load as is.
 
     Cost: ``4*N*d*D + 2*N^2*D`` MACs; SDPA picks a fused (flash / memory-efficient) kernel.

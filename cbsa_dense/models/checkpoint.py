@@ -183,6 +183,51 @@ def check_task_class(checkpoint: dict, path: str | Path, task: object, hint: str
                           + (f": {hint}" if hint else ""))
 
 
+#: Arguments the CLI links from the datamodule into the task (``data.num_classes``): they are not part of
+#: a task config, so the task config stored in a checkpoint is replayed without them.
+LINKED_TASK_ARGS = ("num_classes",)
+
+
+def task_hparams(checkpoint: dict) -> dict:
+    """The task config stored in a checkpoint (its ``hyper_parameters``), in this release's layout.
+
+    Checkpoints of 0.1 stored a segmentation task as ``model: {Segmentor: {encoder, head: {in_channels,
+    num_classes, ...}}}``; this returns the one-assembly-path layout (``encoder``, ``head`` without the
+    widths, ``num_classes``) so that they load unchanged (their state-dict keys are the same).
+    """
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    old = hparams.get("model")
+    if isinstance(old, dict) and "Segmentor" in str(old.get("class_path", "")):
+        init = dict(old.get("init_args") or {})
+        hparams.pop("model")
+        head = dict(init.get("head") or {})
+        head_args = dict(head.get("init_args") or {})
+        num_classes = head_args.pop("num_classes", None)
+        head_args.pop("in_channels", None)
+        hparams["encoder"] = init.get("encoder")
+        hparams["head"] = {**head, "init_args": head_args}
+        if num_classes is not None:
+            hparams["num_classes"] = num_classes
+    return hparams
+
+
+def stored_num_classes(checkpoint: dict) -> int | None:
+    """The class count a checkpoint was trained for (its task's ``num_classes``), if recorded."""
+    value = task_hparams(checkpoint).get("num_classes")
+    if value is None:
+        value = (checkpoint.get("data_info") or {}).get("num_classes")
+    return int(value) if value is not None else None
+
+
+def check_num_classes(checkpoint: dict, path: str | Path, num_classes: int, hint: str = "") -> None:
+    """CheckpointError when a checkpoint was trained for another class count than the model being built."""
+    stored = stored_num_classes(checkpoint)
+    if stored is not None and stored != int(num_classes):
+        raise CheckpointError(f"checkpoint {path} was trained for {stored} classes but the model is built for "
+                              f"{num_classes} (num_classes comes from the data: its class names / categories)"
+                              + (f"; {hint}" if hint else ""))
+
+
 def check_ckpt_path(path: str | Path | None, task: object | None, subcommand: str = "test") -> dict | None:
     """Check a ``--ckpt_path`` before Lightning reads it: a readable Lightning checkpoint of ``task``'s class.
 

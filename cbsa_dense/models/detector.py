@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,18 +11,21 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.models.encoders.base import declared_outputs
+from cbsa_dense.models.heads.det_common import HeadFactory
+from cbsa_dense.models.necks.base import NeckFactory
 
-#: ``neck(in_channels, in_stride) -> module`` with ``out_channels`` (int) and ``strides`` (list).
-NeckFactory = Callable[[int, int], nn.Module]
-#: ``head(in_channels, strides, num_classes) -> module`` following :mod:`cbsa_dense.models.heads.det_common`.
-HeadFactory = Callable[[int, list[int], int], nn.Module]
+__all__ = ["Detector", "HeadFactory", "NeckFactory"]
+
 
 
 class Detector(nn.Module):
     """Object detector over a plain single-stride encoder (any input size, global attention).
 
-    The neck is built from the encoder's declared last output (``out_channels[-1]``, ``out_strides[-1]``)
-    and the head from the neck's ``out_channels`` and ``strides``, so a config names each part once.
+    Assembly (the same in both tasks, see :class:`~cbsa_dense.models.segmentor.Segmentor`): the encoder
+    declares its outputs; the neck is BUILT here from the last one (``out_channels[-1]``,
+    ``out_strides[-1]``) and the head from the neck's ``out_channels`` and ``strides`` and ``num_classes``,
+    so a config names each part once.
     Images arrive resized, normalized and padded by the datamodule; the detector only pads further to a
     multiple of the coarsest stride. :meth:`postprocess` maps detections back to original pixels.
 
@@ -35,11 +38,9 @@ class Detector(nn.Module):
 
     def __init__(self, encoder: nn.Module, neck: NeckFactory, head: HeadFactory, num_classes: int) -> None:
         super().__init__()
-        for attr in ("out_channels", "out_strides"):
-            if not getattr(encoder, attr, None):
-                raise ConfigError(f"encoder {type(encoder).__name__} must declare {attr} (the encoder contract)")
+        channels, in_strides = declared_outputs(encoder)
         self.encoder = encoder
-        self.neck = neck(int(encoder.out_channels[-1]), int(encoder.out_strides[-1]))
+        self.neck = neck(channels[-1], in_strides[-1])
         strides = [int(s) for s in self.neck.strides]
         self.head = head(int(self.neck.out_channels), strides, num_classes)
         if list(getattr(self.head, "strides", strides)) != strides:

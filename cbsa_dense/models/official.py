@@ -14,6 +14,8 @@ bilinear position-embedding resize, bilinear mask upsampling, unpadding).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -162,6 +164,12 @@ class OfficialSegmenter(nn.Module):
 
 def build_from_variant(net_kwargs: dict, state_dict: dict[str, torch.Tensor]) -> Segmentor:
     """The :class:`Segmentor` of a release (shapes not in ``variant.yml`` are read from the weights)."""
+    return Segmentor(*variant_parts(net_kwargs, state_dict))
+
+
+def variant_parts(net_kwargs: dict, state_dict: dict[str, torch.Tensor]) -> tuple[nn.Module, Callable, int]:
+    """``(encoder, head factory, num_classes)`` of a release: what a ``Segmentor`` or a
+    ``SegmentationTask`` is assembled from (shapes not in ``variant.yml`` are read from the weights)."""
     d = int(net_kwargs["d_model"])
     if "encoder.dist_token" in state_dict:
         raise CheckpointError("distilled (DeiT) encoders are not supported: the checkpoint has encoder.dist_token")
@@ -179,9 +187,8 @@ def build_from_variant(net_kwargs: dict, state_dict: dict[str, torch.Tensor]) ->
     def attn_layer(dim: int, num_heads: int) -> nn.Module:
         return CBSAAttention(dim, num_heads, head_dim=inner // num_heads, grid=RELEASED_GRID, qkv_bias=False)
 
-    head = CBTDecoder(d, int(net_kwargs["n_cls"]), n_layers=n_layers, num_heads=heads, attn_layer=attn_layer,
-                      norm_eps=1e-5)
-    return Segmentor(encoder, head)
+    head = partial(CBTDecoder, n_layers=n_layers, num_heads=heads, attn_layer=attn_layer, norm_eps=1e-5)
+    return encoder, head, int(net_kwargs["n_cls"])
 
 
 def load_official_checkpoint(path: str | Path) -> OfficialSegmenter:

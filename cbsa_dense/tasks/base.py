@@ -90,12 +90,16 @@ class BaseTask(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before Lightning's strict state-dict load: a checkpoint of another task class (segmentation
         # weights for a detection config) fails here with one line instead of a key-by-key RuntimeError.
-        from cbsa_dense.models.checkpoint import check_task_class
+        from cbsa_dense.models.checkpoint import check_num_classes, check_task_class
 
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         check_task_class(checkpoint, path or "being loaded", self,
                          hint=f"give a checkpoint of a {type(self).__name__} run, or leave out --config/--model "
                               f"(test, validate and predict rebuild the task stored in the checkpoint)")
+        if getattr(self, "num_classes", None) is not None:
+            check_num_classes(checkpoint, path or "being loaded", self.num_classes,
+                              hint="evaluate it on data with those classes, or fine-tune it with "
+                                   "--model.init_args.weights (a fresh head for the new classes)")
         self.data_info = checkpoint.get("data_info", {})
 
     def num_encoder_layers(self) -> int | None:
@@ -137,6 +141,14 @@ def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def under_cli() -> bool:
+    """True while LightningCLI instantiates a module: its hyper-parameters are then the config (class paths
+    and options), not the built modules, so encoders and head factories can be saved with the rest."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
 
 
 def run_dir(trainer) -> Path:

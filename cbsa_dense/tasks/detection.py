@@ -12,12 +12,13 @@ import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from pycocotools import mask as mask_utils
-from torch import Tensor, nn
+from torch import Tensor
 
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.metrics.coco_map import COCO_MAX_DETS, COCOMeanAveragePrecision, check_max_dets
 from cbsa_dense.models.detector import Detector, HeadFactory, NeckFactory
-from cbsa_dense.tasks.base import BaseTask, run_dir
+from cbsa_dense.models.encoders.base import Encoder
+from cbsa_dense.tasks.base import BaseTask, run_dir, under_cli
 
 #: Logged names of the COCO numbers (torchmetrics key -> our suffix); plus ``mar_{largest detection limit}``.
 _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "map_s", "map_medium": "map_m",
@@ -45,11 +46,12 @@ class DetectionTask(BaseTask):
     limits; see :mod:`cbsa_dense.metrics.coco_map`).
 
     Args:
-        encoder: image encoder with ``out_channels``/``out_strides`` (e.g. a CBSA ``ViTEncoder``).
+        encoder: an :class:`~cbsa_dense.models.encoders.Encoder` (e.g. a CBSA ``ViTEncoder``).
         neck: factory ``(in_channels, in_stride) -> pyramid`` (``SimpleFeaturePyramid``).
         head: factory ``(in_channels, strides, num_classes) -> head`` (``FCOSHead``, ``RetinaNetHead``,
             ``FasterRCNNHead``, ``MaskRCNNHead``).
-        num_classes: object categories; must equal the datamodule's.
+        num_classes: object categories. Under the CLI it comes from the datamodule (``data.num_classes``: the
+            categories of its json) and cannot be set separately.
         mask_threshold: probability above which a predicted mask pixel is foreground.
         max_detection_thresholds: the metric's three detection limits per image (COCO's ``maxDets``,
             increasing; default ``[1, 10, 100]``); an evaluation setting, not stored in the checkpoint's
@@ -64,7 +66,10 @@ class DetectionTask(BaseTask):
         weights_strict: see :class:`BaseTask`.
     """
 
-    def __init__(self, encoder: nn.Module, neck: NeckFactory, head: HeadFactory, num_classes: int,
+    #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
+    checkpoint_monitor = ("val_map", "max")
+
+    def __init__(self, encoder: Encoder, neck: NeckFactory, head: HeadFactory, num_classes: int,
                  mask_threshold: float = 0.5, results_dir: str | None = None,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = 0.7,
@@ -74,7 +79,8 @@ class DetectionTask(BaseTask):
                          layer_decay=layer_decay, freeze=freeze, weights=weights, weights_strict=weights_strict)
         # Output/eval settings stay out of the checkpoint's hyper-parameters: LightningCLI restores those
         # over the command line on --ckpt_path, so a test run could not redirect its results otherwise.
-        self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "max_detection_thresholds"])
+        self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "max_detection_thresholds"]
+                                  + ([] if under_cli() else ["encoder", "neck", "head"]))
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold

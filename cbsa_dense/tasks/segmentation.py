@@ -1,4 +1,4 @@
-"""SegmentationTask: training, exact mIoU evaluation and prediction of an injected segmentation model."""
+"""SegmentationTask: training, exact mIoU evaluation and prediction of an encoder + segmentation head."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
-from torch import nn
 
 from cbsa_dense.data.loaders import PADDING_KEY, distributed_world
 from cbsa_dense.data.seg_labels import (
@@ -25,7 +24,10 @@ from cbsa_dense.data.seg_labels import (
 )
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.metrics.miou import SegmentationMetrics
-from cbsa_dense.tasks.base import BaseTask, run_dir
+from cbsa_dense.models.encoders.base import Encoder
+from cbsa_dense.models.heads.seg_head_base import SegHeadFactory
+from cbsa_dense.models.segmentor import Segmentor
+from cbsa_dense.tasks.base import BaseTask, run_dir, under_cli
 from cbsa_dense.tasks.sliding_window import SlidingWindowInference
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,15 @@ class SegmentationTask(BaseTask):
     the dataset's annotation convention (``k + 1`` for ``reduce_zero_label`` data) to
     ``<predict_dir>/labels`` and colour overlays to ``<predict_dir>/overlays``.
 
+    The model is assembled like the detection task's (see :class:`~cbsa_dense.models.segmentor.Segmentor`):
+    the encoder declares its outputs and the head is built from them and ``num_classes``.
+
     Args:
-        model: the segmentation model, e.g. :class:`~cbsa_dense.models.segmentor.Segmentor`;
-            ``model(images (B, 3, H, W)) -> logits (B, C, H, W)``, with a ``num_classes`` attribute.
+        encoder: an :class:`~cbsa_dense.models.encoders.Encoder` (``ViTEncoder``, ``CBTEncoder``, yours).
+        head: head factory ``(in_channels, num_classes) -> SegHead`` (``CBTDecoder``, ``LinearHead``,
+            ``UPerHead``); a config gives only the head's own options.
+        num_classes: number of classes. Under the CLI it comes from the datamodule (``data.num_classes``,
+            e.g. the number of ``class_names``) and cannot be set separately.
         inference: evaluation inference; ``None`` = whole image, single scale. It travels with every
             checkpoint (``checkpoint["eval_protocol"]``, with the datamodule's ``eval_scale``):
             ``validate``/``test``/``predict --ckpt_path`` use it unless the command line or config gives
@@ -63,7 +71,11 @@ class SegmentationTask(BaseTask):
         weights_strict: see :class:`~cbsa_dense.tasks.base.BaseTask`.
     """
 
-    def __init__(self, model: nn.Module, inference: SlidingWindowInference | None = None,
+    #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
+    checkpoint_monitor = ("val_miou", "max")
+
+    def __init__(self, encoder: Encoder, head: SegHeadFactory, num_classes: int,
+                 inference: SlidingWindowInference | None = None,
                  predict_dir: str | None = None, overlay_alpha: float = 0.5,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = None,
@@ -73,9 +85,9 @@ class SegmentationTask(BaseTask):
         # stored hyper-parameters override the command line, and these must stay choosable at
         # validate/test/predict. The evaluation protocol travels separately (``on_save_checkpoint``).
         ignore = ["inference", "predict_dir", "overlay_alpha"]
-        self.save_hyperparameters(ignore=ignore + (["model"] if not _under_cli() else []))
-        self.model = model
-        self.num_classes = int(model.num_classes)
+        self.save_hyperparameters(ignore=ignore + ([] if under_cli() else ["encoder", "head"]))
+        self.model = Segmentor(encoder, head, num_classes)
+        self.num_classes = int(num_classes)
         self.inference = inference or SlidingWindowInference()
         self.predict_dir = predict_dir
         self.overlay_alpha = overlay_alpha
@@ -96,7 +108,7 @@ class SegmentationTask(BaseTask):
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes is not None and data_classes != self.num_classes:
             raise ConfigError(f"the data has num_classes={data_classes} but the model predicts "
-                             f"{self.num_classes} classes (head num_classes)")
+                              f"{self.num_classes} classes (SegmentationTask num_classes)")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -240,13 +252,6 @@ class SegmentationTask(BaseTask):
             Image.fromarray(overlay(read_image(path), pred, palette, self.overlay_alpha)).save(overlay_path)
             written.append(str(label_path))
         return written
-
-
-def _under_cli() -> bool:
-    """True while LightningCLI instantiates the module (it then stores the config, not the objects)."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is not None
 
 
 def _nan_to_none(value: float) -> float | None:

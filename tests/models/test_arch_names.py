@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import yaml
 from jsonargparse import ArgumentParser
 
 from cbsa_dense.cli import CBSADenseCLI
+from cbsa_dense.config_files import compose_config_args, load_config
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers import CBSAAttention, SoftmaxAttention
 from cbsa_dense.models.checkpoint import load_matching
 from cbsa_dense.models.encoders import ViTEncoder, adapt_timm_state_dict
 from cbsa_dense.models.encoders.vit import timm_vit_args
+from tests.conftest import TASK_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted(p for p in (ROOT / "cbsa_dense" / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+CONFIGS = TASK_CONFIGS
 
 # name -> (img_size, patch, width, depth, heads, LayerScale init, registers, no_embed_class)
 ARCHS = {
@@ -102,17 +103,15 @@ class _ParseOnly(CBSADenseCLI):
 
 
 def _encoder_key(config: dict) -> str:
-    init = config["model"]["init_args"]
-    return "model.init_args.encoder" if "encoder" in init else "model.init_args.model.init_args.encoder"
+    return "model.init_args.encoder"
 
 
 def _shipped(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+    return load_config(path)                      # composed: its _base_ files merged in
 
 
 def _encoder_config(config: dict) -> dict:
-    init = config["model"]["init_args"]
-    return (init["encoder"] if "encoder" in init else init["model"]["init_args"]["encoder"])
+    return config["model"]["init_args"]["encoder"]
 
 
 PRETRAINED_CONFIGS = [p for p in CONFIGS if "pretrained" in _encoder_config(_shipped(p)).get("init_args", {})]
@@ -133,7 +132,8 @@ def test_shipped_config_encoder_takes_its_arch_weights_exactly(config):
     arch = shipped.get("arch")
     assert arch, f"{config.name}: the encoder takes pretrained weights but names no arch"
     key = _encoder_key(_shipped(config))
-    cli = _ParseOnly(args=["--config", str(config), f"--{key}.init_args.img_size", "56"], run=False)
+    cli = _ParseOnly(args=compose_config_args(["--config", str(config), f"--{key}.init_args.img_size", "56"]),
+                     run=False)
     parsed = cli.config
     for part in key.split("."):
         parsed = parsed[part]

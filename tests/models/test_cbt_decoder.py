@@ -64,5 +64,7 @@ def test_input_checks_name_both_numbers():
         head.check_inputs([32])
     linear = LinearHead(16, 5, in_index=0)
     assert linear([torch.randn(2, 16, 3, 4), torch.randn(2, 8, 2, 2)]).shape == (2, 5, 3, 4)
+    with pytest.raises(ValueError, match="in_index=2 but the encoder has 1 outputs"):
+        LinearHead(16, 5, in_index=2)
     with pytest.raises(ValueError, match="reads encoder output 2"):
-        LinearHead(16, 5, in_index=2).check_inputs([16])
+        LinearHead([16, 16, 16], 5, in_index=2).check_inputs([16])

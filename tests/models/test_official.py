@@ -159,12 +159,12 @@ def test_variant_yml_reads_tuples_and_refuses_other_python_tags(tmp_path):
 
 
 def test_task_starts_from_official_weights(tmp_path):
-    from cbsa_dense.models.official import build_from_variant
+    from cbsa_dense.models.official import variant_parts
     from cbsa_dense.tasks.segmentation import SegmentationTask
 
     sd = synthetic_release(tmp_path)
     variant = read_variant(tmp_path / "variant.yml")
-    task = SegmentationTask(build_from_variant(variant, sd), weights=str(tmp_path / "checkpoint.pth"))
+    task = SegmentationTask(*variant_parts(variant, sd), weights=str(tmp_path / "checkpoint.pth"))
     report = task.load_weights(task.weights)
     assert not report.missing and not report.mismatched
     loaded = task.model.state_dict()

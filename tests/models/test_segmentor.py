@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,23 +27,40 @@ def tiny_encoder(dim=16):
 
 @pytest.mark.parametrize("size", [(32, 32), (27, 45), (8, 70)])
 def test_any_input_size(size):
-    model = Segmentor(tiny_encoder(), CBTDecoder(16, 3, n_layers=1, num_heads=2, attn_layer=cbsa)).eval()
+    model = Segmentor(tiny_encoder(), partial(CBTDecoder, n_layers=1, num_heads=2, attn_layer=cbsa), 3).eval()
     assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
 
 
 def test_upsamples_to_the_padded_size_then_crops():
     encoder = tiny_encoder()
-    head = LinearHead(16, 4)
-    model = Segmentor(encoder, head).eval()
+    model = Segmentor(encoder, LinearHead, 4).eval()
     x = torch.randn(1, 3, 20, 30)                       # padded to 24 x 32 (grid 3 x 4)
     with torch.no_grad():
-        expected = F.interpolate(head(encoder(x)), size=(24, 32), mode="bilinear", align_corners=False)[..., :20, :30]
+        expected = F.interpolate(model.head(encoder(x)), size=(24, 32), mode="bilinear", align_corners=False)[..., :20, :30]
         torch.testing.assert_close(model(x), expected)
 
 
-def test_channel_mismatch_names_both_numbers():
+def test_head_is_built_from_the_encoder_outputs():
+    encoder = ViTEncoder(img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2, attn_layer=cbsa,
+                         out_indices=(1, 2))
+    model = Segmentor(encoder, partial(LinearHead, in_index=0), 5)
+    assert model.head.in_channels == [24] and model.head.classifier.weight.shape == (5, 24, 1, 1)
+    assert model.num_classes == 5 and [tuple(f) for f in encoder.feature_info] == [(24, 8), (24, 8)]
+
+
+def test_head_reading_a_missing_encoder_output_names_the_index():
+    with pytest.raises(ValueError, match="in_index=3 but the encoder has 1 outputs"):
+        Segmentor(tiny_encoder(16), partial(LinearHead, in_index=3), 3)
+
+
+def test_a_built_head_is_refused():
+    with pytest.raises(ValueError, match="head factory"):
+        Segmentor(tiny_encoder(16), LinearHead(16, 3), 3)
+
+
+def test_channel_mismatch_of_a_directly_built_head_names_both_numbers():
     with pytest.raises(ValueError, match="expects 24 channels .* gives 16"):
-        Segmentor(tiny_encoder(16), LinearHead(24, 3))
+        LinearHead(24, 3).check_inputs([16])
 
 
 class PerPixel(nn.Module):
@@ -85,8 +104,9 @@ def test_uper_head_over_several_vit_levels():
 
     encoder = ViTEncoder(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2, attn_layer=cbsa,
                          out_indices=(0, 1, 2))
-    head = UPerHead([16, 16, 16], 5, in_index=[0, 1, 2], channels=8, pool_scales=(1, 2), scales=[2, 1, 0.5])
-    model = Segmentor(encoder, head)
+    model = Segmentor(encoder, partial(UPerHead, in_index=[0, 1, 2], channels=8, pool_scales=(1, 2),
+                                       scales=[2, 1, 0.5]), 5)
+    head = model.head
     out = model(torch.randn(2, 3, 40, 56))
     assert out.shape == (2, 5, 40, 56)
     out.mean().backward()

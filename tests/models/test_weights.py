@@ -12,7 +12,7 @@ from cbsa_dense.models.weights import load_model_weights, model_state_dict_from
 def _segmentor(num_classes=4, encoder=None):
     encoder = encoder or ViTEncoder(img_size=32, embed_dim=32, depth=2, num_heads=2,
                                     attn_layer=lambda d, h: CBSAAttention(d, h, variant="qkv", grid=(2, 2)))
-    return Segmentor(encoder, LinearHead(in_channels=encoder.out_channels[-1], num_classes=num_classes))
+    return Segmentor(encoder, LinearHead, num_classes)
 
 
 def test_own_lightning_checkpoint_with_other_class_count(tmp_path):
@@ -134,7 +134,8 @@ def test_own_checkpoint_of_another_task_class(tmp_path, caplog):
     source = _segmentor(4)
     torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
                 "hyper_parameters": {"_class_path": "cbsa_dense.tasks.detection.DetectionTask"}}, tmp_path / "det.ckpt")
-    task = SegmentationTask(_segmentor(4))
+    seg = _segmentor(4)
+    task = SegmentationTask(seg.encoder, LinearHead, 4)
     with pytest.raises(CheckpointError, match=r"det\.ckpt holds a DetectionTask \(hyper_parameters _class_path "
                                               r"cbsa_dense\.tasks\.detection\.DetectionTask\), the config builds "
                                               r"SegmentationTask: give a SegmentationTask checkpoint, or set "

@@ -31,7 +31,7 @@ def test_config_parses(name, extra, capsys):
         main(["fit", "--config", str(CONFIGS / name), *extra, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "cbsa_dense.tasks.detection.DetectionTask" in printed and "SimpleFeaturePyramid" in printed
+    assert "cbsa_dense.tasks.DetectionTask" in printed and "SimpleFeaturePyramid" in printed
     if extra:
         assert "MaskRCNNHead" in printed and "num_convs" not in printed
 
@@ -49,7 +49,7 @@ def test_tiny_twin_of_coco_and_custom_configs_fits(name, tmp_path, coco_root):
             "--data.init_args.train_images", "train", "--data.init_args.val_json", "annotations/instances_val.json",
             "--data.init_args.val_images", "val", "--data.init_args.image_size", "64",
             "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-            "--model.init_args.num_classes", "3", "--model.init_args.neck.init_args.out_channels", "32",
+            "--model.init_args.neck.init_args.out_channels", "32",
             "--model.init_args.head.init_args.num_convs", "1"]
     assert main(["fit", "--config", str(CONFIGS / name), *TINY_ENCODER, *data, *_run_dirs(tmp_path)]) == 0
 
@@ -88,14 +88,22 @@ PATCH14 = ["--model.init_args.encoder.init_args.arch", "vit_small_patch14_dinov2
            "--model.init_args.head.init_args.num_convs", "1", "--trainer.logger", "false"]
 
 
-def test_patch14_arch_gets_a_pyramid_at_strides_7_to_56_out_of_the_box(tmp_path):
+def _coco_data(root) -> list[str]:
+    return ["--data.init_args.root", str(root), "--data.init_args.train_json", "annotations/instances_train.json",
+            "--data.init_args.train_images", "train", "--data.init_args.val_json", "annotations/instances_val.json",
+            "--data.init_args.val_images", "val"]
+
+
+def test_patch14_arch_gets_a_pyramid_at_strides_7_to_56_out_of_the_box(tmp_path, coco_root):
     """det_custom.yaml with a DINOv2 arch name: the neck's levels follow the patch size and FCOS trains."""
     import torch
 
     from cbsa_dense.cli import CBSADenseCLI
+    from cbsa_dense.config_files import compose_config_args
 
-    cli = CBSADenseCLI(args=["--config", str(CONFIGS / "det_custom.yaml"), *PATCH14,
-                             "--trainer.default_root_dir", str(tmp_path)], run=False)
+    cli = CBSADenseCLI(args=compose_config_args(["--config", str(CONFIGS / "det_custom.yaml"), *PATCH14,
+                                                 *_coco_data(coco_root), "--trainer.default_root_dir",
+                                                 str(tmp_path)]), run=False)
     detector = cli.model.model
     assert detector.encoder.patch_size == 14 and detector.neck.strides == [7, 14, 28, 56]
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
@@ -103,8 +111,9 @@ def test_patch14_arch_gets_a_pyramid_at_strides_7_to_56_out_of_the_box(tmp_path)
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_strides_that_do_not_fit_the_patch_size_are_one_line_errors(capsys, tmp_path):
-    code = main(["fit", "--config", str(CONFIGS / "det_custom.yaml"), *PATCH14, "--trainer.default_root_dir",
+def test_strides_that_do_not_fit_the_patch_size_are_one_line_errors(capsys, tmp_path, coco_root):
+    code = main(["fit", "--config", str(CONFIGS / "det_custom.yaml"), *PATCH14, *_coco_data(coco_root),
+                 "--trainer.default_root_dir",
                  str(tmp_path), "--model.init_args.neck.init_args.strides", "[8, 16, 32, 64]"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1

@@ -91,3 +91,71 @@ def test_warmup_cosine_and_step():
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 5 / 20)).item()))
     lrs = _lrs(WarmupStepLR, 100, milestones=(0.5, 0.9), warmup_iters=0)
     assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1) and lrs[95] == pytest.approx(0.01)
+
+
+def _poly_min_lr(base, min_lr, it, total, power=0.9):
+    """MMCV PolyLrUpdaterHook / MMEngine PolyLR (closed form): (base - min) * (1 - it / total) ** power + min."""
+    return (base - min_lr) * (1 - it / total) ** power + min_lr
+
+
+def test_poly_schedule_decays_to_an_absolute_min_lr():
+    base, min_lr, total = 1e-3, 1e-5, 20
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    sched = WarmupPolyLR(opt, power=0.9, min_lr=min_lr)
+    sched.resolve_total(total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    for it in (0, 1, 7, 13, 19):
+        assert lrs[it] == pytest.approx(_poly_min_lr(base, min_lr, it, total), rel=1e-12)
+    assert lrs[0] == pytest.approx(base)
+    assert opt.param_groups[0]["lr"] == pytest.approx(min_lr, rel=1e-12)   # after the last step
+    assert min(lrs) > min_lr
+    for _ in range(3):                                                      # past the end: stays at min_lr
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(min_lr, rel=1e-12)
+
+
+def test_poly_min_lr_is_absolute_in_every_param_group_and_warmup_multiplies_it():
+    params = [nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    opt = torch.optim.SGD([{"params": [params[0]], "lr": 1e-3}, {"params": [params[1]], "lr": 1e-4},
+                           {"params": [params[2]], "lr": 0.0}], lr=1e-3)
+    sched = WarmupPolyLR(opt, power=1.0, min_lr=1e-5, warmup_iters=4, warmup_ratio=0.1, total_iters=10)
+    for it in range(11):
+        warm = 0.1 + 0.9 * it / 4 if it < 4 else 1.0
+        assert opt.param_groups[0]["lr"] == pytest.approx(warm * _poly_min_lr(1e-3, 1e-5, it, 10, 1.0))
+        assert opt.param_groups[1]["lr"] == pytest.approx(warm * _poly_min_lr(1e-4, 1e-5, it, 10, 1.0))
+        assert opt.param_groups[2]["lr"] == 0.0                             # a zero-lr group stays frozen
+        opt.step()
+        sched.step()
+
+
+def test_poly_min_lr_default_and_resume_state():
+    assert _lrs(WarmupPolyLR, 10, power=0.9, min_lr=0.0) == _lrs(WarmupPolyLR, 10, power=0.9)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = WarmupPolyLR(opt, min_lr=1e-5, total_iters=10)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    opt2.load_state_dict(opt.state_dict())
+    resumed = WarmupPolyLR(opt2, min_lr=1e-5)
+    resumed.load_state_dict(state)
+    opt2.step()
+    resumed.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(_poly_min_lr(1e-3, 1e-5, 5, 10))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"min_lr": -1e-5}, "min_lr=-1e-05"),
+                                           ({"min_lr": float("nan")}, "min_lr=nan"),
+                                           ({"min_lr": 1e-5, "min_lr_ratio": 0.01}, "both min_lr")])
+def test_poly_min_lr_bad_values(kwargs, match):
+    from cbsa_dense.errors import ConfigError
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ConfigError, match=match):
+        WarmupPolyLR(opt, **kwargs)

@@ -64,7 +64,7 @@ def test_demo_config_twin_fit_validate_test_predict(tmp_path):
 
     run("validate", *common, "--ckpt_path", str(ckpt))
     run("test", *common, "--ckpt_path", str(ckpt))
-    report = json.loads(next(runs.glob("demo_seg/version_*/test_per_class_iou.json")).read_text())
+    report = json.loads(next(runs.glob("demo_seg/version_0/eval/test-*/test_per_class_iou.json")).read_text())
     # the best checkpoint's weights scored best on the val images; test (same images) reproduces it
     assert report["mIoU"] == pytest.approx(best, abs=1e-6)
     assert [row["class"] for row in report["per_class"]] == ["sky", "ground", "disc", "box", "triangle", "ring"]
@@ -108,8 +108,8 @@ def make_folder_dataset(root: Path) -> dict:
 def test_custom_config_twin_on_a_folder_dataset(tmp_path):
     data = tmp_path / "data"
     info = make_folder_dataset(data)
-    enc = "--model.init_args.model.init_args.encoder.init_args."
-    head = "--model.init_args.model.init_args.head.init_args."
+    enc = "--model.init_args.encoder.init_args."
+    head = "--model.init_args.head.init_args."
     common = ["--config", str(CONFIGS / "seg_custom.yaml"),
               "--data.init_args.train_images", str(data / "img" / "train"),
               "--data.init_args.train_masks", str(data / "msk" / "train"),
@@ -120,7 +120,7 @@ def test_custom_config_twin_on_a_folder_dataset(tmp_path):
               "--data.init_args.eval_scale", "[128, 32]", "--data.init_args.batch_size", "2",
               "--data.init_args.num_workers", "0",
               f"{enc}img_size", "32", f"{enc}patch_size", "8", f"{enc}embed_dim", "32", f"{enc}depth", "1",
-              f"{enc}num_heads", "2", f"{head}in_channels", "32", f"{head}num_classes", "3",
+              f"{enc}num_heads", "2",
               f"{head}n_layers", "1", "--model.init_args.inference.init_args.window", "[32, 32]",
               "--model.init_args.inference.init_args.stride", "[24, 24]",
               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
@@ -130,7 +130,8 @@ def test_custom_config_twin_on_a_folder_dataset(tmp_path):
     fit_dir = tmp_path / "runs" / "seg_custom" / "version_0"
     best = max(float(r["val_miou"]) for r in rows_with(fit_dir / "metrics.csv", "val_miou"))
     run("test", *common, "--ckpt_path", str(best_checkpoint(fit_dir)))
-    report = json.loads(next((tmp_path / "runs").glob("seg_custom/version_*/test_per_class_iou.json")).read_text())
+    (report_path,) = (tmp_path / "runs").glob("seg_custom/version_0/eval/test-*/test_per_class_iou.json")
+    report = json.loads(report_path.read_text())
     assert report["mIoU"] == pytest.approx(best, abs=1e-6)
     assert [row["class"] for row in report["per_class"]] == ["background", "red thing", "blue thing"]
     run("predict", *common, "--ckpt_path", str(fit_dir / "checkpoints" / "last.ckpt"),
@@ -140,33 +141,39 @@ def test_custom_config_twin_on_a_folder_dataset(tmp_path):
     assert {tuple(c) for c in colour.reshape(-1, 3)} <= {tuple(c) for c in info["palette"]}
 
 
-def test_class_count_mismatch_is_reported(tmp_path, capsys):
+def test_a_config_that_still_sets_num_classes_is_checked_against_the_data(tmp_path, capsys):
+    """num_classes comes from the data (3 class names); a config of the first release that also sets it on
+    the task is accepted when it agrees and refused, naming both, when it does not."""
     from tests.conftest import cli_user_error
 
     data = tmp_path / "data"
     make_folder_dataset(data)
-    line = cli_user_error(["validate", "--config", str(CONFIGS / "seg_custom.yaml"),
+    config = tmp_path / "old.yaml"
+    config.write_text(f"_base_: {CONFIGS / 'seg_custom.yaml'}\nmodel: {{init_args: {{num_classes: 2}}}}\n")
+    line = cli_user_error(["validate", "--config", str(config),
               "--data.init_args.train_images", str(data / "img" / "train"),
               "--data.init_args.train_masks", str(data / "msk" / "train"),
               "--data.init_args.val_images", str(data / "val.txt"),
               "--data.init_args.class_names", str(data / "classes.txt"),
               "--data.init_args.mask_palette", "[[0, 0, 0], [255, 0, 0], [0, 0, 255]]",
-              "--model.init_args.model.init_args.encoder.init_args.depth", "1",
+              "--model.init_args.encoder.init_args.depth", "1",
               "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)], capsys)
-    assert "num_classes=3 but the model predicts 2" in line
+    assert ("the config sets model num_classes=2 but the data (SegFolderDataModule) has 3 classes" in line
+            and "remove num_classes from the model config" in line), line
 
 
-@pytest.mark.parametrize("config", ["seg_ade20k.yaml", "paper/ade20k_cbt_tiny.yaml"])
+@pytest.mark.parametrize("config", ["seg_ade20k.yaml", "paper/ade20k_cbt_tiny.yaml", "paper/ade20k_cbt_small.yaml",
+                                    "paper/ade20k_cbt_base.yaml", "paper/ade20k_cbt_large.yaml"])
 def test_ade20k_config_twins_fast_dev_run(tmp_path, config):
     root = generate_demo_ade20k(tmp_path / "ADEChallengeData2016", num_train=2, num_val=1, image_size=(40, 56))
-    enc = "--model.init_args.model.init_args.encoder.init_args."
-    head = "--model.init_args.model.init_args.head.init_args."
+    enc = "--model.init_args.encoder.init_args."
+    head = "--model.init_args.head.init_args."
     run("fit", "--config", str(CONFIGS / config), "--data.init_args.root", str(root),
         "--data.init_args.num_classes", "6", "--data.init_args.crop_size", "[32, 32]",
         "--data.init_args.scale", "[128, 32]", "--data.init_args.eval_scale", "[128, 32]",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+        "--data.init_args.global_batch_size", "2", "--data.init_args.num_workers", "0",
         f"{enc}img_size", "32", f"{enc}embed_dim", "32", f"{enc}depth", "1", f"{enc}num_heads", "2",
-        f"{enc}patch_size", "8", f"{head}in_channels", "32", f"{head}num_classes", "6", f"{head}n_layers", "1",
+        f"{enc}patch_size", "8", f"{head}n_layers", "1",
         "--model.init_args.inference.init_args.window", "[32, 32]",
         "--model.init_args.inference.init_args.stride", "[21, 21]",
         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),

@@ -10,15 +10,13 @@ import torch.nn.functional as F
 from cbsa_dense.layers import CBSAAttention
 from cbsa_dense.models.encoders import ViTEncoder
 from cbsa_dense.models.heads.cbt_decoder import CBTDecoder
-from cbsa_dense.models.segmentor import Segmentor
 from cbsa_dense.tasks.segmentation import SegmentationTask
 
 
 def tiny_task(**kwargs) -> SegmentationTask:
     attn = partial(CBSAAttention, grid=(2, 2))
-    model = Segmentor(ViTEncoder(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, attn_layer=attn),
-                      CBTDecoder(16, 3, n_layers=1, num_heads=2, attn_layer=attn))
-    return SegmentationTask(model, **kwargs)
+    encoder = ViTEncoder(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, attn_layer=attn)
+    return SegmentationTask(encoder, partial(CBTDecoder, n_layers=1, num_heads=2, attn_layer=attn), 3, **kwargs)
 
 
 def test_loss_ignores_255_pixels():

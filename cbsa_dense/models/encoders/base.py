@@ -1,14 +1,17 @@
 """The encoder output contract and the token plumbing shared by the ViT and CBT encoders.
 
-Contract (every encoder): ``encoder(images: (B, C, H, W)) -> list[Tensor]``, one NCHW feature map per
-entry of ``out_indices``, with ``encoder.out_channels[i]`` channels at stride ``encoder.out_strides[i]``
-(spatial size ``ceil(H / stride)``, ``ceil(W / stride)``). Prefix tokens (CLS, registers) are dropped.
-Necks and heads check their inputs against ``out_channels`` / ``out_strides``.
+Contract (every :class:`Encoder`): ``encoder(images: (B, C, H, W)) -> list[Tensor]``, one NCHW feature
+map per declared output, with ``encoder.out_channels[i]`` channels at stride ``encoder.out_strides[i]``
+(spatial size ``ceil(H / stride)``, ``ceil(W / stride)``); ``encoder.feature_info`` gives the same as
+:class:`FeatureSpec` pairs (timm's ``feature_info``, detectron2's ``ShapeSpec``). Prefix tokens (CLS,
+registers) are dropped. Both tasks build their neck and head FROM these declarations (the factories
+receive the channels and strides), so no width is typed twice in a config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
@@ -18,7 +21,38 @@ from torch.utils.checkpoint import checkpoint
 from cbsa_dense.errors import ConfigError
 
 
-class TokenEncoder(nn.Module):
+class FeatureSpec(NamedTuple):
+    """One declared encoder output: its channels and its stride in input pixels."""
+
+    channels: int
+    stride: int
+
+
+class Encoder(nn.Module):
+    """Base class of encoders: subclasses set ``out_channels`` and ``out_strides`` (one entry per output
+    map) in ``__init__``. Subclass it to plug in your own backbone: configs then accept it by class name
+    (``encoder: {class_path: MyEncoder}``) and the tasks build their heads from its declarations."""
+
+    out_channels: list[int]
+    out_strides: list[int]
+
+    @property
+    def feature_info(self) -> list[FeatureSpec]:
+        """The declared outputs, finest first as produced: ``[FeatureSpec(channels, stride), ...]``."""
+        return [FeatureSpec(int(c), int(s)) for c, s in zip(self.out_channels, self.out_strides)]
+
+
+def declared_outputs(module: nn.Module) -> tuple[list[int], list[int]]:
+    """``(out_channels, out_strides)`` declared by an encoder (or a neck); ConfigError if it declares none."""
+    channels, strides = getattr(module, "out_channels", None), getattr(module, "out_strides", None)
+    if not channels or not strides or len(channels) != len(strides):
+        raise ConfigError(f"{type(module).__name__} must declare out_channels and out_strides (one entry per "
+                          f"output map; got {channels!r} and {strides!r}): subclass "
+                          "cbsa_dense.models.encoders.Encoder")
+    return [int(c) for c in channels], [int(s) for s in strides]
+
+
+class TokenEncoder(Encoder):
     """Base of plain (single-stride) transformer encoders over patch tokens.
 
     Subclasses create ``patch_embed`` (images -> (B, H', W', C) tokens; it exposes ``grid_size``, the

@@ -13,7 +13,8 @@ from timm.layers import PatchEmbed, to_2tuple
 from torch import nn
 
 from cbsa_dense.errors import ConfigError
-from cbsa_dense.layers.block import AttnLayer, Block
+from cbsa_dense.layers.base import AttnLayer
+from cbsa_dense.layers.block import Block
 from cbsa_dense.layers.softmax_attention import SoftmaxAttention
 from cbsa_dense.models.checkpoint import LoadReport, load_matching, read_state_dict
 from cbsa_dense.models.encoders.base import TokenEncoder

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from cbsa_dense.layers.base import AttnLayer
 from cbsa_dense.layers.block import Block
 from cbsa_dense.layers.cbsa_attention import CBSAAttention
 from cbsa_dense.models.heads.seg_head_base import SegHead
-
-AttnLayer = Callable[[int, int], nn.Module]
 
 
 class AttentionLayer(nn.Module):
@@ -42,13 +41,13 @@ class CBTDecoder(SegHead):
     SoftmaxAttention``, ``mlp_ratio=4``, ``proj_out=True`` (and ``embed_dim`` for its ``proj_dec``).
 
     Args:
-        in_channels: encoder channels at ``in_index``.
+        in_channels: channels of every encoder output (built by the Segmentor from the encoder).
         num_classes: number of classes (= class embeddings).
         n_layers: decoder layers.
         num_heads: attention heads per layer.
         attn_layer: attention type, ``attn_layer(dim, num_heads)``; ``None`` = the paper's CBSA
             (head_dim 100, 10x10 representatives).
-        embed_dim: decoder width; ``None`` = ``in_channels`` (the paper's CBT decoder, no ``proj_dec``),
+        embed_dim: decoder width; ``None`` = the input width (the paper's CBT decoder, no ``proj_dec``),
             otherwise a ``proj_dec`` Linear maps the encoder tokens to it.
         mlp_ratio: ``None`` = attention-only layers (CBT); a number = full transformer blocks with that MLP
             ratio (Segmenter).
@@ -60,7 +59,7 @@ class CBTDecoder(SegHead):
     Shapes: features[in_index] (B, in_channels, h, w) -> logits (B, num_classes, h, w).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, n_layers: int = 3, num_heads: int = 3,
+    def __init__(self, in_channels: int | Sequence[int], num_classes: int, n_layers: int = 3, num_heads: int = 3,
                  attn_layer: AttnLayer | None = None, embed_dim: int | None = None,
                  mlp_ratio: float | None = None, proj_out: bool = False, drop_path_rate: float = 0.0,
                  norm_eps: float = 1e-5, in_index: int = -1) -> None:
@@ -69,9 +68,10 @@ class CBTDecoder(SegHead):
         if attn_layer is None:
             def attn_layer(dim: int, heads: int) -> nn.Module:
                 return CBSAAttention(dim, heads, head_dim=100, grid=(10, 10))
-        dim = embed_dim or in_channels
+        in_dim = self.in_channels[0]
+        dim = embed_dim or in_dim
         self.embed_dim = dim
-        self.proj_dec = nn.Linear(in_channels, dim) if embed_dim is not None else None
+        self.proj_dec = nn.Linear(in_dim, dim) if embed_dim is not None else None
         self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
         if mlp_ratio is None:
             self.layers = nn.ModuleList(AttentionLayer(dim, num_heads, attn_layer, norm_eps) for _ in range(n_layers))

@@ -15,11 +15,21 @@ heads, ``masks`` (N, H, W) uint8 at the padded input size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from cbsa_dense.errors import ConfigError
+
+
+class DetHead(nn.Module):
+    """Base class (a marker) of detection heads: the head contract of this module's doc. Put it first in
+    the bases of a torchvision-model subclass (``class FCOSHead(DetHead, FCOS)``); configs then accept the
+    head by class name and ``--help`` lists it."""
+
+
+#: ``head(in_channels, strides, num_classes) -> DetHead``: a head class (``FCOSHead``) or a partial of one.
+HeadFactory = Callable[[int, list[int], int], DetHead]
 
 
 class ChannelsStub(nn.Module):

@@ -14,7 +14,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import initLevelMapper
 
 from cbsa_dense.errors import ConfigError
-from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs, shift_labels
+from cbsa_dense.models.heads.det_common import ChannelsStub, DetHead, check_head_inputs, shift_labels
 from cbsa_dense.models.necks.simple_fpn import level_name
 
 
@@ -76,7 +76,7 @@ def rcnn_forward(model, images: ImageList, features: OrderedDict[str, Tensor],
     return shift_labels(detections, -1)
 
 
-class FasterRCNNHead(FasterRCNN):
+class FasterRCNNHead(DetHead, FasterRCNN):
     """Faster R-CNN head: RPN + RoIAlign box head, torchvision's losses and post-processing.
 
     Contract and target format: :mod:`cbsa_dense.models.heads.det_common` (labels 0..num_classes-1 here;

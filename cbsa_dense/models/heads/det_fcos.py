@@ -11,10 +11,10 @@ from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.fcos import FCOSHead as _TVFCOSHead
 from torchvision.models.detection.image_list import ImageList
 
-from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs
+from cbsa_dense.models.heads.det_common import ChannelsStub, DetHead, check_head_inputs
 
 
-class FCOSHead(FCOS):
+class FCOSHead(DetHead, FCOS):
     """Anchor-free FCOS head: torchvision's losses (focal, GIoU, centerness) and post-processing.
 
     Contract and target format: :mod:`cbsa_dense.models.heads.det_common`. One anchor point per location,

@@ -10,11 +10,11 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 
 from cbsa_dense.errors import ConfigError
-from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs
+from cbsa_dense.models.heads.det_common import ChannelsStub, DetHead, check_head_inputs
 from cbsa_dense.models.heads.det_faster_rcnn import pyramid_roi_align, rcnn_forward, rcnn_kwargs
 
 
-class MaskRCNNHead(MaskRCNN):
+class MaskRCNNHead(DetHead, MaskRCNN):
     """Mask R-CNN head: Faster R-CNN plus a 14x14 RoIAlign mask branch predicting 28x28 masks.
 
     Contract and target format: :mod:`cbsa_dense.models.heads.det_common`; in eval each image's

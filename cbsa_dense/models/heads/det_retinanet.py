@@ -12,10 +12,10 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead as _TVRetinaNetHead
 
-from cbsa_dense.models.heads.det_common import ChannelsStub, check_head_inputs
+from cbsa_dense.models.heads.det_common import ChannelsStub, DetHead, check_head_inputs
 
 
-class RetinaNetHead(RetinaNet):
+class RetinaNetHead(DetHead, RetinaNet):
     """RetinaNet head (torchvision's v2 head with GroupNorm): focal loss, GIoU box loss, anchors.
 
     Contract and target format: :mod:`cbsa_dense.models.heads.det_common`. Anchors per level: sizes

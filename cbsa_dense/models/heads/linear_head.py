@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -12,7 +14,7 @@ class LinearHead(SegHead):
     """Per-pixel linear classifier over one encoder level.
 
     Args:
-        in_channels: encoder channels at ``in_index``.
+        in_channels: channels of every encoder output (built by the Segmentor from the encoder).
         num_classes: number of classes.
         dropout: dropout before the classifier.
         in_index: which encoder output to classify.
@@ -20,11 +22,11 @@ class LinearHead(SegHead):
     Shapes: features[in_index] (B, in_channels, h, w) -> logits (B, num_classes, h, w).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, in_index: int = -1) -> None:
+    def __init__(self, in_channels: int | Sequence[int], num_classes: int, dropout: float = 0.0, in_index: int = -1) -> None:
         super().__init__()
         self._set_inputs(in_channels, in_index, num_classes)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(self.in_channels[0], num_classes, kernel_size=1)
         nn.init.trunc_normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
 

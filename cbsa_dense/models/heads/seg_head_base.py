@@ -1,8 +1,16 @@
-"""What every segmentation head declares, and the check of its inputs against the encoder's outputs."""
+"""What every segmentation head declares, how it is built from the encoder's outputs, and the check.
+
+Heads are built by :class:`~cbsa_dense.models.segmentor.Segmentor` (and so by ``SegmentationTask``) as
+``head(in_channels, num_classes)``: ``in_channels`` are the channels of EVERY output the encoder declares
+(``encoder.out_channels``), ``num_classes`` comes from the task (linked from the data under the CLI). A
+head picks the outputs it reads with its own ``in_index``. A config therefore names only the head's own
+options (``class_path: CBTDecoder``, ``init_args: {n_layers: 3}``); widths and class counts are never
+typed twice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -16,8 +24,8 @@ class SegHead(nn.Module):
     resolution of its finest input level; :class:`~cbsa_dense.models.segmentor.Segmentor` upsamples them.
 
     Attributes:
-        in_channels: channels expected at each used level.
-        in_index: indices of the encoder outputs the head uses.
+        in_channels: channels of each level the head reads (``in_index`` order).
+        in_index: indices of the encoder outputs the head reads.
         num_classes: number of output classes.
     """
 
@@ -27,11 +35,15 @@ class SegHead(nn.Module):
 
     def _set_inputs(self, in_channels: int | Sequence[int], in_index: int | Sequence[int],
                     num_classes: int) -> None:
-        self.in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
+        """``in_channels``: the channels of every encoder output (an int = a single output)."""
+        levels = [int(in_channels)] if isinstance(in_channels, int) else [int(c) for c in in_channels]
         self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
-        if len(self.in_channels) != len(self.in_index):
-            raise ConfigError(f"{type(self).__name__}: in_channels {self.in_channels} and in_index "
-                             f"{self.in_index} must have the same length")
+        for index in self.in_index:
+            if not -len(levels) <= index < len(levels):
+                raise ConfigError(f"{type(self).__name__} reads encoder output in_index={index} but the encoder "
+                                  f"has {len(levels)} outputs (out_channels={levels}); use an index in "
+                                  f"[-{len(levels)}, {len(levels)}) or add out_indices to the encoder")
+        self.in_channels = [levels[i] for i in self.in_index]
         if num_classes < 1:
             raise ConfigError(f"{type(self).__name__}: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -41,7 +53,12 @@ class SegHead(nn.Module):
         for index, expected in zip(self.in_index, self.in_channels):
             if not -len(channels) <= index < len(channels):
                 raise ConfigError(f"{type(self).__name__} reads encoder output {index} but the encoder has "
-                                 f"{len(channels)} outputs (out_channels={list(channels)})")
+                                  f"{len(channels)} outputs (out_channels={list(channels)})")
             if channels[index] != expected:
                 raise ConfigError(f"{type(self).__name__} expects {expected} channels at encoder output {index} "
-                                 f"(in_channels) but the encoder gives {channels[index]}")
+                                  f"(in_channels) but the encoder gives {channels[index]}")
+
+
+#: ``head(in_channels: list[int] (every encoder output), num_classes: int) -> SegHead``: a head class
+#: (``CBTDecoder``) or a partial of one; under the CLI, ``{class_path: CBTDecoder, init_args: {...}}``.
+SegHeadFactory = Callable[[list[int], int], SegHead]

@@ -25,7 +25,7 @@ class UPerHead(SegHead):
     3, 5, 7, 11). Levels must be ordered fine to coarse after scaling.
 
     Args:
-        in_channels: channels of each used encoder output.
+        in_channels: channels of every encoder output (built by the Segmentor from the encoder).
         num_classes: number of classes.
         in_index: the encoder outputs used (e.g. ``[0, 1, 2, 3]`` with ``out_indices=[3, 5, 7, 11]``).
         channels: width of the fused features.

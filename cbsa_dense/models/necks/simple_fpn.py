@@ -10,6 +10,7 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.models.necks.base import Neck
 
 #: Default pyramid: 2x, 1x, 1/2x and 1/4x the encoder's resolution (strides 8-64 for patch 16, 7-56 for patch 14).
 DEFAULT_SCALES = (2.0, 1.0, 0.5, 0.25)
@@ -42,7 +43,7 @@ def pyramid_strides(in_stride: int, scales: Sequence[float]) -> list[int]:
     return strides
 
 
-class SimpleFeaturePyramid(nn.Module):
+class SimpleFeaturePyramid(Neck):
     """Feature pyramid at power-of-two scales of the last encoder map (Li et al., ViTDet, 2022).
 
     Per level the map at ``in_stride`` is upsampled by transposed 2x2 convolutions (channels halved each

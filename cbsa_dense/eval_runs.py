@@ -1,0 +1,181 @@
+"""Where ``validate``, ``test`` and ``predict`` write: an evaluation folder, never a new training version.
+
+Lightning's ``CSVLogger``/``TensorBoardLogger`` give every run the next ``version_N``, so evaluating
+``runs/demo_seg/version_0/checkpoints/last.ckpt`` used to create ``runs/demo_seg/version_1``: a folder
+that looks like a second training run, with the test metrics in it. And the config's ``ModelCheckpoint``,
+restored from the checkpoint for nothing, warned (``lightning/pytorch/callbacks/model_checkpoint.py``,
+``ModelCheckpoint.load_state_dict``): "The dirpath has changed from 'runs/demo_seg/version_0/checkpoints'
+to 'runs/demo_seg/version_1/checkpoints', therefore `best_model_score`, `kth_best_model_path`,
+`kth_value`, `last_model_path` and `best_k_models` won't be reloaded. Only `best_model_path` will be
+reloaded."
+
+Layout (as with MMSegmentation's ``tools/test.py``, whose logs go to a timestamped folder of the work dir
+that the training wrote to: the evaluation sits with the run it evaluates, one folder per evaluation)::
+
+    runs/demo_seg/version_0/                     the training run (logger save_dir / name / version_N)
+        checkpoints/last.ckpt
+        eval/test-20250101-120000/               cbsa-dense test --ckpt_path .../version_0/checkpoints/last.ckpt
+            metrics.csv, hparams.yaml, config.yaml, test_per_class_iou.json (segmentation),
+            test_results.json (detection)
+        eval/predict-20250101-120500/predictions/     cbsa-dense predict (segmentation label maps, overlays)
+    runs/demo_seg/eval/test-20250101-121000/     a checkpoint from elsewhere (or none): the logger's
+                                                 ``<save_dir>/<name>/eval/``
+
+* The run directory of a checkpoint is the folder above its ``checkpoints/`` folder, when that folder is
+  inside the configured logger's ``<save_dir>/<name>`` (a run of this config). A checkpoint anywhere else
+  (downloaded, copied, read-only) is evaluated into ``<save_dir>/<name>/eval/``: nothing is written next
+  to foreign files.
+* The folder is ``<subcommand>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when it already exists). Lightning
+  counts only ``version_*`` folders, so ``eval/`` never shifts the numbering of training runs.
+* The loggers of the run write there (their ``version`` is set to the folder, relative to their root,
+  before first use), so ``trainer.log_dir`` is the folder, and so are the files the tasks write there:
+  per-class IoU and results json, predictions, the saved ``config.yaml``. Other loggers (W&B, MLflow ...)
+  keep their own naming. With ``logger: false`` there are no versions: the outputs go to the trainer's
+  ``default_root_dir`` as configured.
+* What the user sets explicitly wins: a logger ``version`` (``--trainer.logger.init_args.version``) is
+  kept, and ``--model.init_args.predict_dir`` / ``results_dir`` keep sending those outputs where they say.
+* Checkpoint callbacks (``ModelCheckpoint``, ``TaskCheckpoint``) are taken out of the trainer: evaluation
+  saves no checkpoint, and restoring their training state is what printed the dirpath message. The
+  checkpoint-callback states saved in the checkpoint are handed to inert stand-ins under the same keys
+  instead (without them Lightning warns "Be aware that when using `ckpt_path`, callbacks used to create
+  the checkpoint need to be provided during `Trainer` instantiation ...", ``lightning/pytorch/trainer/
+  call.py``), also when the training run used another checkpoint callback than the evaluation config.
+  Missing states of other callbacks are still reported by Lightning.
+* Under DDP every process re-runs the command; the launched processes inherit the folder name from the
+  first (``CBSA_DENSE_EVAL_FOLDER``), so all ranks agree. Only rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+__all__ = ["EVAL_FOLDER_ENV", "prepare_eval_run"]
+
+#: Environment variable through which DDP processes launched by the first one get its folder name.
+EVAL_FOLDER_ENV = "CBSA_DENSE_EVAL_FOLDER"
+
+
+def _is_launched_rank() -> bool:
+    """True in a process started by Lightning's DDP launcher (or a cluster) as a rank other than 0."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _ckpt_run_dir(ckpt_path: str | os.PathLike | None, root: Path) -> Path | None:
+    """The training run of ``ckpt_path`` (``<run>/checkpoints/x.ckpt``) when it lies inside ``root``."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    ckpt_dir = Path(ckpt_path).parent
+    if ckpt_dir.name != "checkpoints" or not _inside(ckpt_dir.parent, root):
+        return None
+    return ckpt_dir.parent
+
+
+def _base_dir(ckpt_path, root: Path) -> Path:
+    """``<run of the checkpoint>/eval`` or ``<root>/eval``."""
+    return (_ckpt_run_dir(ckpt_path, root) or root) / "eval"
+
+
+def _folder_name(subcommand: str, bases: list[Path]) -> str:
+    inherited = os.environ.get(EVAL_FOLDER_ENV)
+    if inherited and _is_launched_rank():
+        return inherited
+    stem = f"{subcommand}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, count = stem, 1
+    while any((base / name).exists() for base in bases):
+        count += 1
+        name = f"{stem}-{count}"
+    os.environ[EVAL_FOLDER_ENV] = name
+    return name
+
+
+class _IgnoredCheckpointState(Callback):
+    """Takes the saved state of a checkpoint callback of the training run, and does nothing with it."""
+
+    def __init__(self, state_key: str) -> None:
+        self._state_key = state_key
+
+    @property
+    def state_key(self) -> str:
+        return self._state_key
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def _stored_checkpoint_states(ckpt_path) -> list[str]:
+    """Keys of the checkpoint-callback states saved in ``ckpt_path`` (a ``ModelCheckpoint`` state always
+    holds ``best_model_path``). The keys carry the training config's class and settings
+    (``TaskCheckpoint{'monitor': 'val_miou', ...}``), which need not match the evaluation config's."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return []
+    from cbsa_dense.errors import UserError
+    from cbsa_dense.models.checkpoint import read_checkpoint
+
+    try:
+        states = read_checkpoint(ckpt_path, mmap=True).get("callbacks") or {}
+    except UserError:
+        return []                       # an unreadable checkpoint is reported when Lightning loads it
+    return [key for key, state in states.items()
+            if isinstance(key, str) and isinstance(state, dict) and "best_model_path" in state]
+
+
+def _versioned_loggers(trainer) -> list:
+    """The loggers whose folder is ``root_dir / version`` (CSV, TensorBoard) and whose version is unset.
+
+    Their ``version`` is only resolved (to the next ``version_N``) on first use, so ``_version`` is still
+    ``None`` here unless the user gave one.
+    """
+    return [logger for logger in trainer.loggers
+            if isinstance(logger, (CSVLogger, TensorBoardLogger)) and logger._version is None]
+
+
+@rank_zero_only
+def _announce(subcommand: str, directory: Path) -> None:
+    print(f"{subcommand} outputs: {directory}", flush=True)
+
+
+def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | None) -> Path:
+    """Point the trainer of ``validate``/``test``/``predict`` at an evaluation folder (see the module doc),
+    replace its checkpoint callbacks by inert takers of their saved states, print ``<subcommand> outputs:
+    <dir>`` (rank 0) and return the folder.
+
+    Call it after the trainer is built and before it runs (``LightningCLI.before_<subcommand>``).
+    """
+    kept = [callback for callback in trainer.callbacks if not isinstance(callback, Checkpoint)]
+    kept_keys = {callback.state_key for callback in kept}
+    trainer.callbacks[:] = kept + [_IgnoredCheckpointState(key) for key in _stored_checkpoint_states(ckpt_path)
+                                   if key not in kept_keys]
+
+    loggers = _versioned_loggers(trainer)
+    if loggers:
+        roots = [Path(logger.root_dir) for logger in loggers]
+        bases = [_base_dir(ckpt_path, root) for root in roots]
+        name = _folder_name(subcommand, bases)
+        for logger, root, base in zip(loggers, roots, bases):
+            logger._version = os.path.relpath(base / name, root)     # log_dir = root_dir / version
+        directory = Path(loggers[0].log_dir)
+    elif trainer.loggers:
+        # A version given by the user, or a logger with its own naming: its folder is left as configured.
+        logger = trainer.logger
+        directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
+    else:
+        directory = Path(trainer.default_root_dir)                   # logger: false
+    _announce(subcommand, directory)
+    return directory

@@ -1,0 +1,100 @@
+"""validate/test/predict write into an evaluation folder, never a new ``version_N`` training run."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cbsa_dense.cli import main
+from cbsa_dense.eval_runs import EVAL_FOLDER_ENV, prepare_eval_run
+from tests.conftest import ROOT
+
+CONFIG = str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml")
+
+
+@pytest.fixture
+def run_copy(seg_ckpt, tmp_path):
+    """A copy of the session's trained demo run as ``runs/demo_seg/version_0`` (the session run stays clean)."""
+    ckpt = tmp_path / "runs" / "demo_seg" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(seg_ckpt, ckpt)
+    return ckpt
+
+
+def _cli(subcommand, ckpt, seg_run, tmp_path, *extra, capsys):
+    """Run ``cbsa-dense <subcommand>`` with the demo config; return stdout + stderr + warnings + log text."""
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([subcommand, "--config", CONFIG, "--ckpt_path", str(ckpt),
+                     "--data.init_args.root", str(seg_run / "data"), "--data.init_args.num_train", "4",
+                     "--data.init_args.num_val", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                     f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches", "1",
+                     *extra]) == 0
+    out, err = capsys.readouterr()
+    return out + err + "\n".join(str(w.message) for w in caught)
+
+
+def _versions(tmp_path):
+    return sorted(p.name for p in (tmp_path / "runs" / "demo_seg").glob("version_*"))
+
+
+def test_test_writes_into_the_run_of_its_checkpoint(run_copy, seg_run, tmp_path, capsys):
+    text = _cli("test", run_copy, seg_run, tmp_path, capsys=capsys)
+    assert _versions(tmp_path) == ["version_0"]                       # no version_1
+    (folder,) = (tmp_path / "runs" / "demo_seg" / "version_0" / "eval").glob("test-*")
+    assert {"metrics.csv", "config.yaml", "test_per_class_iou.json"} <= {p.name for p in folder.iterdir()}
+    assert f"test outputs: {folder}" in text
+    assert "dirpath" not in text and "callbacks used to create the checkpoint" not in text
+    assert not list(folder.rglob("*.ckpt"))
+
+    text = _cli("test", run_copy, seg_run, tmp_path, "--trainer.logger.init_args.version", "mine", capsys=capsys)
+    assert (tmp_path / "runs" / "demo_seg" / "mine" / "test_per_class_iou.json").is_file()   # explicit version wins
+    assert _versions(tmp_path) == ["version_0"] and "dirpath" not in text
+
+
+def test_predict_and_a_checkpoint_from_elsewhere(run_copy, seg_run, tmp_path, capsys):
+    elsewhere = tmp_path / "downloads" / "model.ckpt"
+    elsewhere.parent.mkdir()
+    shutil.copy(run_copy, elsewhere)
+    text = _cli("predict", elsewhere, seg_run, tmp_path, capsys=capsys)
+    (folder,) = (tmp_path / "runs" / "demo_seg" / "eval").glob("predict-*")   # the config's <save_dir>/<name>/eval
+    assert f"predict outputs: {folder}" in text
+    assert sorted(p.name for p in (folder / "predictions" / "labels").iterdir())
+    assert list((tmp_path / "downloads").iterdir()) == [elsewhere]           # nothing beside a foreign checkpoint
+    assert _versions(tmp_path) == ["version_0"]
+
+
+def test_prepare_eval_run_units(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(EVAL_FOLDER_ENV, raising=False)
+    ckpt = tmp_path / "logs" / "exp" / "version_3" / "checkpoints" / "a.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    stored = "TaskCheckpoint{'monitor': 'val_miou', 'mode': 'max'}"            # the training run's callback
+    torch.save({"callbacks": {stored: {"best_model_path": "", "dirpath": "x"}, "Other": {"a": 1}}}, ckpt)
+    checkpoint = ModelCheckpoint(monitor="val_miou")
+    trainer = Trainer(logger=[CSVLogger(tmp_path / "logs", name="exp"),
+                              TensorBoardLogger(tmp_path / "tb", name="exp")],
+                      callbacks=[checkpoint], enable_progress_bar=False)
+    directory = prepare_eval_run(trainer, "validate", ckpt)
+    assert directory.parent == ckpt.parent.parent / "eval" and directory.name.startswith("validate-")
+    assert trainer.log_dir == str(directory) and trainer.loggers[0].version == f"version_3/eval/{directory.name}"
+    assert trainer.loggers[1].log_dir == str(tmp_path / "tb" / "exp" / "eval" / directory.name)
+    assert trainer.checkpoint_callback is None
+    keys = [cb.state_key for cb in trainer.callbacks]
+    assert stored in keys and "Other" not in keys and checkpoint.state_key not in keys   # its state is taken
+    assert capsys.readouterr().out.strip() == f"validate outputs: {directory}"
+
+    directory.mkdir(parents=True)                                      # same second: a new folder, not a reuse
+    again = Trainer(logger=CSVLogger(tmp_path / "logs", name="exp"), enable_progress_bar=False)
+    second = prepare_eval_run(again, "validate", ckpt)
+    assert second != directory and second.parent == directory.parent
+
+    monkeypatch.setenv("LOCAL_RANK", "1")                              # a DDP rank launched by the first
+    monkeypatch.setenv(EVAL_FOLDER_ENV, "validate-20000101-000000")
+    rank1 = Trainer(logger=CSVLogger(tmp_path / "logs", name="exp"), enable_progress_bar=False)
+    assert prepare_eval_run(rank1, "validate", ckpt).name == "validate-20000101-000000"
