@@ -22,9 +22,10 @@ that the training wrote to: the evaluation sits with the run it evaluates, one f
                                                  ``<save_dir>/<name>/eval/``
 
 * The run directory of a checkpoint is the folder above its ``checkpoints/`` folder, when that folder is
-  inside the configured logger's ``<save_dir>/<name>`` (a run of this config). A checkpoint anywhere else
-  (downloaded, copied, read-only) is evaluated into ``<save_dir>/<name>/eval/``: nothing is written next
-  to foreign files.
+  inside the configured logger's ``<save_dir>/<name>`` (a run of this config), or holds the ``config.yaml``
+  / ``hparams.yaml`` of a training run and is writable (``test --ckpt_path X --data ...`` without the
+  training config, whose logger is Lightning's default). A checkpoint anywhere else (downloaded, copied,
+  read-only) is evaluated into ``<save_dir>/<name>/eval/``: nothing is written next to foreign files.
 * The folder is ``<subcommand>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when it already exists). Lightning
   counts only ``version_*`` folders, so ``eval/`` never shifts the numbering of training runs.
 * The loggers of the run write there (their ``version`` is set to the folder, relative to their root,
@@ -79,9 +80,17 @@ def _ckpt_run_dir(ckpt_path: str | os.PathLike | None, root: Path) -> Path | Non
     if not ckpt_path or not Path(ckpt_path).is_file():
         return None
     ckpt_dir = Path(ckpt_path).parent
-    if ckpt_dir.name != "checkpoints" or not _inside(ckpt_dir.parent, root):
+    if ckpt_dir.name != "checkpoints":
         return None
-    return ckpt_dir.parent
+    run = ckpt_dir.parent
+    if _inside(run, root):
+        return run
+    # Evaluated with another logger than the training config's (e.g. ``test --ckpt_path X --data ...``
+    # without the config: Lightning's default ``lightning_logs``): still beside the run when the folder is
+    # recognizably a training run (the config LightningCLI saved there) and can be written to.
+    if any((run / name).is_file() for name in ("config.yaml", "hparams.yaml")) and os.access(run, os.W_OK):
+        return run
+    return None
 
 
 def _base_dir(ckpt_path, root: Path) -> Path:
@@ -169,7 +178,8 @@ def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | No
         bases = [_base_dir(ckpt_path, root) for root in roots]
         name = _folder_name(subcommand, bases)
         for logger, root, base in zip(loggers, roots, bases):
-            logger._version = os.path.relpath(base / name, root)     # log_dir = root_dir / version
+            version = os.path.relpath(base / name, root)              # log_dir = root_dir / version
+            logger._version = str((base / name).absolute()) if version.startswith("..") else version
         directory = Path(loggers[0].log_dir)
     elif trainer.loggers:
         # A version given by the user, or a logger with its own naming: its folder is left as configured.

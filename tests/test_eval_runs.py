@@ -98,3 +98,20 @@ def test_prepare_eval_run_units(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(EVAL_FOLDER_ENV, "validate-20000101-000000")
     rank1 = Trainer(logger=CSVLogger(tmp_path / "logs", name="exp"), enable_progress_bar=False)
     assert prepare_eval_run(rank1, "validate", ckpt).name == "validate-20000101-000000"
+
+
+def test_without_the_training_config_the_outputs_still_go_beside_the_run(seg_ckpt, seg_run, tmp_path, capsys):
+    """``test --ckpt_path X --data ...`` (no config: Lightning's default logger in the default_root_dir) writes
+    into ``<run>/eval/`` when X lies in a training run's ``checkpoints/`` (the run's saved config beside it)."""
+    run = tmp_path / "elsewhere" / "my_run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(seg_ckpt, run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text("# saved by LightningCLI\n")
+    capsys.readouterr()
+    assert main(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--data", "DemoSegDataModule",
+                 "--data.init_args.root", str(seg_run / "data"), "--data.init_args.num_train", "4",
+                 "--data.init_args.num_val", "2", "--trainer.default_root_dir", str(tmp_path / "cwd"),
+                 "--trainer.enable_progress_bar", "false", "--trainer.limit_test_batches", "1"]) == 0
+    (folder,) = (run / "eval").glob("test-*")
+    assert (folder / "test_per_class_iou.json").is_file() and f"test outputs: {folder}" in capsys.readouterr().out
+    assert not list((tmp_path / "cwd").rglob("version_*"))
