@@ -92,3 +92,27 @@ def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path, cap
               "--data.class_names", "[a, b, c]", "--trainer.logger", "false",
               "--trainer.default_root_dir", str(tmp_path)], capsys)
     assert f"checkpoint {seg_ckpt} was trained for 6 classes but the model is built for 3" in line, line
+
+
+def test_load_task_reads_a_first_release_checkpoint(seg_ckpt, tmp_path):
+    """The same weights under 0.1's hyper-parameter layout (model: Segmentor(encoder, head(in_channels,
+    num_classes))) load into an equal task."""
+    import torch
+
+    from cbsa_dense.tasks.loading import load_task
+
+    checkpoint = torch.load(seg_ckpt, map_location="cpu", weights_only=False)
+    new = checkpoint["hyper_parameters"]
+    head = {"class_path": "cbsa_dense.models.heads.cbt_decoder.CBTDecoder",
+            "init_args": {**new["head"]["init_args"], "in_channels": 128, "num_classes": new["num_classes"]}}
+    checkpoint["hyper_parameters"] = {
+        "_class_path": "cbsa_dense.tasks.segmentation.SegmentationTask",
+        "model": {"class_path": "cbsa_dense.models.segmentor.Segmentor",
+                  "init_args": {"encoder": new["encoder"], "head": head}},
+        **{k: v for k, v in new.items() if k not in ("_class_path", "encoder", "head", "num_classes")}}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old, current = load_task(tmp_path / "old.ckpt"), load_task(seg_ckpt)
+    images = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(old(images), current(images), rtol=0, atol=0)
+    assert old.num_classes == 6 and old.data_info["class_names"] == current.data_info["class_names"]

@@ -39,6 +39,25 @@ def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -
         raise CheckpointError(f"{path} holds a {class_path}; only cbsa_dense tasks load by name (import your "
                               f"own task module and use its load_from_checkpoint)")
     importlib.import_module(class_path.rpartition(".")[0])     # Lightning only builds imported classes
-    task = LightningModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    if "model" in hparams and "encoder" not in hparams:
+        task = _load_first_release(checkpoint, map_location)
+    else:
+        task = LightningModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     task.eval()
+    return task
+
+
+def _load_first_release(checkpoint: dict, map_location) -> LightningModule:
+    """A segmentation checkpoint of 0.1 (``model: Segmentor(...)`` hyper-parameters): the task is built from
+    the same config in this release's layout (:func:`~cbsa_dense.models.checkpoint.task_hparams`); the
+    state-dict keys did not change."""
+    from lightning.pytorch.cli import instantiate_module
+
+    from cbsa_dense.models.checkpoint import task_hparams
+
+    config = {k: v for k, v in task_hparams(checkpoint).items() if k != "_instantiator"}
+    task = instantiate_module(LightningModule, config)
+    task.on_load_checkpoint(checkpoint)
+    state = {k: v.to(map_location) if hasattr(v, "to") else v for k, v in checkpoint["state_dict"].items()}
+    task.load_state_dict(state)
     return task
