@@ -178,3 +178,22 @@ def test_ade20k_config_twins_fast_dev_run(tmp_path, config):
         "--model.init_args.inference.init_args.stride", "[21, 21]",
         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false")
+
+
+def test_finetune_cpu_config_twin_on_a_root_folder(tmp_path):
+    """finetune_cpu.yaml at toy size (the real run, with pretrained weights, is tests/tasks/test_finetune_real.py)."""
+    from tests.test_bad_images import make_dataset
+
+    root = make_dataset(tmp_path / "my_data", size=(30, 44))
+    enc = "--model.init_args.encoder.init_args."
+    run("fit", "--config", "finetune_cpu.yaml", "--data.init_args.root", str(root),
+        "--data.init_args.crop_size", "[28, 28]", "--data.init_args.scale", "[56, 28]",
+        "--data.init_args.eval_scale", "[56, 28]",
+        f"{enc}img_size", "28", f"{enc}embed_dim", "32", f"{enc}depth", "1", f"{enc}num_heads", "2",
+        f"{enc}attn_layer.init_args.grid", "[2, 2]", "--model.init_args.head.init_args.n_layers", "1",
+        "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path))
+    (best,) = (tmp_path / "runs" / "finetune_cpu" / "version_0" / "checkpoints").glob("*val_miou*.ckpt")
+    import torch
+
+    assert "optimizer_states" not in torch.load(best, map_location="cpu", weights_only=False)   # weights only
