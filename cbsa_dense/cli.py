@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -125,14 +126,13 @@ class CBSADenseCLI(LightningCLI):
                 raise ConfigError(f"{arg.split('=')[0]}: num_classes is set by the data (its class names, its json's "
                                   "categories) and the heads are built for it; change the data's classes instead")
             if isinstance(arg, str) and arg.split("=")[0].split(".")[0] in ("--optimizer", "--lr_scheduler"):
-                option = arg.split("=")[0].split(".")[0][2:]
-                raise ConfigError(f"{arg.split('=')[0]}: the {option} is an argument of the task, so that its "
-                                  f"parameter groups (no weight decay on norms, biases and step sizes; layer "
-                                  f"decay) apply: use --model.init_args.{option} (e.g. --model.init_args."
-                                  f"{option} {'torch.optim.AdamW' if option == 'optimizer' else 'WarmupPolyLR'})")
+                raise ConfigError(_routed_option_message(arg.split("=")[0]))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
+            routed = re.search(r"does not accept option '((optimizer|lr_scheduler)[.'a-z_]*)", str(error))
+            if routed:                                   # a top-level optimizer: / lr_scheduler: in a config file
+                raise ConfigError(_routed_option_message(routed.group(2), in_config=True)) from error
             raise ConfigError(condense_parse_error(str(error))) from error
         subcommand = self.config.get("subcommand")
         if subcommand and self.config.get(subcommand) is not None:
@@ -201,6 +201,16 @@ class CBSADenseCLI(LightningCLI):
                 raise OutputError(f"{path} already holds predictions ({len(existing)} entries); pass --overwrite "
                                   "to replace them, or write to another folder")
             check_writable(path if path.is_dir() or not path.suffix else path.parent, "the prediction output")
+
+
+def _routed_option_message(flag: str, in_config: bool = False) -> str:
+    """The one-line answer to LightningCLI's top-level ``--optimizer`` / ``--lr_scheduler`` (turned off here)."""
+    option = flag.lstrip("-").split(".")[0]
+    example = "torch.optim.AdamW" if option == "optimizer" else "WarmupPolyLR"
+    where = (f"--{option}: a top-level '{option}:' section is not accepted: move it under model: init_args:"
+             if in_config else f"{flag}: use --model.init_args.{option} (e.g. --model.init_args.{option} {example})")
+    return (f"{where}; the {option} is an argument of the task, so that its parameter groups (no weight decay "
+            f"on norms, biases and step sizes; layer decay) apply")
 
 
 def register_short_names() -> None:

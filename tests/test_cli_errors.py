@@ -142,3 +142,11 @@ def test_top_level_optimizer_is_routed_to_the_task(tmp_path, capsys, flag):
     line = cli_user_error(["fit", *_tiny_seg(tmp_path, flag, "torch.optim.SGD")], capsys)
     option = flag[2:].split(".")[0]
     assert f"use --model.init_args.{option}" in line and "parameter groups" in line
+
+
+def test_top_level_optimizer_section_in_a_config_names_the_file(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("_base_: demo_seg.yaml\nlr_scheduler:\n  class_path: WarmupPolyLR\n")
+    line = cli_user_error(["fit", "--config", str(config)], capsys)
+    assert line.startswith(f"cbsa-dense fit: error: config {config}: --lr_scheduler: a top-level 'lr_scheduler:' "
+                           "section is not accepted: move it under model: init_args:"), line
