@@ -60,6 +60,10 @@ class CBSADenseCLI(LightningCLI):
         # parameter groups (no decay on norms/biases/step sizes, layer decay) and hands them to it. The
         # top-level --optimizer/--lr_scheduler of LightningCLI would bypass them, so they are not offered.
         kwargs.setdefault("auto_configure_optimizers", False)
+        if isinstance(kwargs.get("args"), (list, tuple)):       # shipped names and _base_ files, as the entry point
+            from cbsa_dense.config_files import compose_config_args
+
+            kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
         self.overwrite = overwrite
         self._ckpt_num_classes: int | None = None
         self._configured_num_classes: int | None = None

@@ -22,9 +22,9 @@ that the training wrote to: the evaluation sits with the run it evaluates, one f
                                                  ``<save_dir>/<name>/eval/``
 
 * The run directory of a checkpoint is the folder above its ``checkpoints/`` folder, when that folder is
-  inside the configured logger's ``<save_dir>/<name>`` (a run of this config), or holds the ``config.yaml``
-  / ``hparams.yaml`` of a training run and is writable (``test --ckpt_path X --data ...`` without the
-  training config, whose logger is Lightning's default). A checkpoint anywhere else (downloaded, copied,
+  inside the configured logger's ``<save_dir>/<name>`` (a run of this config), or, when no logger is
+  configured (``test --ckpt_path X --data ...`` without the training config: Lightning's default
+  ``lightning_logs``), when it holds the ``config.yaml`` / ``hparams.yaml`` of a training run and is writable. A checkpoint anywhere else (downloaded, copied,
   read-only) is evaluated into ``<save_dir>/<name>/eval/``: nothing is written next to foreign files.
 * The folder is ``<subcommand>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when it already exists). Lightning
   counts only ``version_*`` folders, so ``eval/`` never shifts the numbering of training runs.
@@ -75,7 +75,7 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _ckpt_run_dir(ckpt_path: str | os.PathLike | None, root: Path) -> Path | None:
+def _ckpt_run_dir(ckpt_path: str | os.PathLike | None, root: Path, default_logger: bool = False) -> Path | None:
     """The training run of ``ckpt_path`` (``<run>/checkpoints/x.ckpt``) when it lies inside ``root``."""
     if not ckpt_path or not Path(ckpt_path).is_file():
         return None
@@ -85,17 +85,20 @@ def _ckpt_run_dir(ckpt_path: str | os.PathLike | None, root: Path) -> Path | Non
     run = ckpt_dir.parent
     if _inside(run, root):
         return run
-    # Evaluated with another logger than the training config's (e.g. ``test --ckpt_path X --data ...``
-    # without the config: Lightning's default ``lightning_logs``): still beside the run when the folder is
-    # recognizably a training run (the config LightningCLI saved there) and can be written to.
-    if any((run / name).is_file() for name in ("config.yaml", "hparams.yaml")) and os.access(run, os.W_OK):
+    # Evaluated without a logger configured (``test --ckpt_path X --data ...`` without the training config:
+    # Lightning's default ``lightning_logs``): still beside the run when the folder is recognizably a training
+    # run (the config LightningCLI saved there) and can be written to. A logger the user configured wins.
+    if (default_logger and any((run / name).is_file() for name in ("config.yaml", "hparams.yaml"))
+            and os.access(run, os.W_OK)):
         return run
     return None
 
 
-def _base_dir(ckpt_path, root: Path) -> Path:
-    """``<run of the checkpoint>/eval`` or ``<root>/eval``."""
-    return (_ckpt_run_dir(ckpt_path, root) or root) / "eval"
+def _base_dir(ckpt_path, logger) -> Path:
+    """``<run of the checkpoint>/eval`` or ``<logger root>/eval``."""
+    root = Path(logger.root_dir)
+    default_logger = isinstance(logger, TensorBoardLogger) and logger.name == "lightning_logs"
+    return (_ckpt_run_dir(ckpt_path, root, default_logger) or root) / "eval"
 
 
 def _folder_name(subcommand: str, bases: list[Path]) -> str:
@@ -175,7 +178,7 @@ def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | No
     loggers = _versioned_loggers(trainer)
     if loggers:
         roots = [Path(logger.root_dir) for logger in loggers]
-        bases = [_base_dir(ckpt_path, root) for root in roots]
+        bases = [_base_dir(ckpt_path, logger) for logger in loggers]
         name = _folder_name(subcommand, bases)
         for logger, root, base in zip(loggers, roots, bases):
             version = os.path.relpath(base / name, root)              # log_dir = root_dir / version

@@ -71,11 +71,19 @@ def test_det_coco_model_runs_global_attention_at_1024(tmp_path):
 
     from cbsa_dense.cli import CBSADenseCLI
 
-    cli = CBSADenseCLI(args=["--config", str(CONFIGS / "det_coco.yaml"), "--trainer.logger", "false",
+    import json
+
+    # the class count comes from the data's categories: a json with COCO's 80 (ids 1..90 with gaps)
+    ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": [], "annotations": [],
+                                                  "categories": [{"id": i, "name": str(i)} for i in ids]}))
+    data = [f"--data.init_args.{key}" for key in ("root", "train_json", "val_json")]
+    cli = CBSADenseCLI(args=["--config", str(CONFIGS / "det_coco.yaml"), data[0], str(tmp_path), data[1], "ann.json",
+                             data[2], "ann.json", "--trainer.logger", "false",
                              "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
                              "--trainer.default_root_dir", str(tmp_path)], run=False)
     detector = cli.model.model.eval()
-    assert detector.encoder.patch_size == 16 and len(detector.encoder.blocks) == 12
+    assert detector.encoder.patch_size == 16 and len(detector.encoder.blocks) == 12 and detector.num_classes == 80
     with torch.no_grad():
         tokens, grid = detector.encoder.forward_tokens(torch.randn(1, 3, 1024, 1024))
         detections = detector(torch.randn(1, 3, 1024, 1024), [(1024, 1024)])
