@@ -61,8 +61,6 @@ class CBSADenseCLI(LightningCLI):
         # top-level --optimizer/--lr_scheduler of LightningCLI would bypass them, so they are not offered.
         kwargs.setdefault("auto_configure_optimizers", False)
         if isinstance(kwargs.get("args"), (list, tuple)):       # shipped names and _base_ files, as the entry point
-            from cbsa_dense.config_files import compose_config_args
-
             kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
         self.overwrite = overwrite
         self._ckpt_num_classes: int | None = None
@@ -97,15 +95,18 @@ class CBSADenseCLI(LightningCLI):
         """Lightning replays the task config stored in ``--ckpt_path`` over the parsed config; this does
         the same with the stored config in this release's layout (:func:`task_hparams`) and without the
         arguments linked from the data (``num_classes``), which the data sets again."""
-        from cbsa_dense.models.checkpoint import LINKED_TASK_ARGS, stored_num_classes, task_hparams
+        from cbsa_dense.models.checkpoint import (
+            LINKED_TASK_ARGS,
+            read_checkpoint,
+            stored_num_classes,
+            task_hparams,
+        )
 
         if not self.config.get("subcommand"):
             return
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        from cbsa_dense.models.checkpoint import read_checkpoint
-
         checkpoint = read_checkpoint(ckpt_path, mmap=True)
         self._ckpt_num_classes = stored_num_classes(checkpoint)
         hparams = task_hparams(checkpoint)
