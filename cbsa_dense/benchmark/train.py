@@ -1,6 +1,6 @@
 """``benchmark train``: steady-state training speed of a real config, and its data loader alone.
 
-The config is parsed with the project's :class:`~cbsa_dense.cli.CBSADenseCLI` (``run=False``), so the
+The config is parsed with the project's :class:`~cbsa_dense.lightning_cli.CBSADenseCLI` (``run=False``), so the
 model and the datamodule are exactly those ``cbsa-dense fit --config CFG`` would build (extra CLI
 arguments override the config, e.g. ``--data.batch_size 2``). Training runs in a separate, quiet
 ``Trainer`` (same accelerator, precision, gradient clipping and accumulation as the config's; no
@@ -72,8 +72,8 @@ class _StepTimer(Callback):
 def parse_config(config: str, overrides: Sequence[str] = ()):
     """Model, datamodule and trainer settings of a ``cbsa-dense fit`` config (nothing is run). ``config``: a
     file or a shipped config name, composed from its ``_base_`` files as ``cbsa-dense fit`` does."""
-    from cbsa_dense.cli import CBSADenseCLI
     from cbsa_dense.config_files import compose_config_args, config_error_context
+    from cbsa_dense.lightning_cli import CBSADenseCLI
 
     args = compose_config_args(["--config", str(config), *overrides])     # shipped names, _base_ files
     with config_error_context(args):

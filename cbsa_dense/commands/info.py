@@ -28,7 +28,7 @@ def build_model_from_config(config: dict, num_classes: int | None = None) -> nn.
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule, LightningModule
 
-    from cbsa_dense.cli import register_short_names
+    from cbsa_dense.lightning_cli import register_short_names
 
     register_short_names()
     if "model" not in config:

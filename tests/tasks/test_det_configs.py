@@ -67,11 +67,11 @@ def test_tiny_twin_of_demo_config_fits(tmp_path):
 @pytest.mark.slow
 def test_det_coco_model_runs_global_attention_at_1024(tmp_path):
     """The shipped COCO model (CBSA ViT-S, FCOS) predicts on a 1024x1024 input without windowing."""
+    import json
+
     import torch
 
     from cbsa_dense.cli import CBSADenseCLI
-
-    import json
 
     # the class count comes from the data's categories: a json with COCO's 80 (ids 1..90 with gaps)
     ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
