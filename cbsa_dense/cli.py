@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(stop).__name__ == "SIGTERMException":   # Lightning's; the checkpoint path was printed already
             return 128 + signal.SIGTERM
         raise
+    except BrokenPipeError:                             # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as error:
         cause = _user_error_in_chain(error)
         if cause is None or show_traceback:

@@ -339,3 +339,18 @@ def test_copy_unknown_name_is_one_line(tmp_path, monkeypatch, capsys):
     line = cli_user_error(["configs", "copy", "seg_custm.yaml"], capsys)
     assert "seg_custm.yaml does not exist" in line and "seg_custom.yaml" in line, line
     assert not list(tmp_path.iterdir())
+
+
+def test_listing_into_a_closed_pipe_stops_quietly():
+    """``cbsa-dense configs | head -1``: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cbsa_dense.cli import main; "
+                             "sys.stdout.reconfigure(line_buffering=True); sys.exit(main(['configs']))"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(Path(__file__).parents[1]))
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait()
+    assert first and "Traceback" not in err and "BrokenPipeError" not in err, err
