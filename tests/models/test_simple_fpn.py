@@ -11,11 +11,9 @@ from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers import CBSAAttention
 from cbsa_dense.models.detector import Detector
 from cbsa_dense.models.encoders import ViTEncoder
-from cbsa_dense.models.heads.det_faster_rcnn import FasterRCNNHead, pyramid_roi_align
-from cbsa_dense.models.heads.det_fcos import FCOSHead
-from cbsa_dense.models.heads.det_mask_rcnn import MaskRCNNHead
-from cbsa_dense.models.heads.det_retinanet import RetinaNetHead
+from cbsa_dense.models.heads.det_faster_rcnn import pyramid_roi_align
 from cbsa_dense.models.necks.simple_fpn import SimpleFeaturePyramid
+from tests.models.test_detector import HEADS  # the small configuration of every detection head
 
 
 @pytest.mark.parametrize("in_stride, strides", [(16, (8, 16, 32, 64)), (8, (8, 16, 32)), (16, (4, 8, 16, 32))])
@@ -73,14 +71,6 @@ def test_roi_align_uses_exact_scales_for_non_power_of_two_strides():
         pyramid_roi_align([8, 32], 7)
 
 
-HEADS = {
-    "fcos": partial(FCOSHead, num_convs=1),
-    "retinanet": RetinaNetHead,
-    "faster_rcnn": partial(FasterRCNNHead, representation_size=32, rpn_post_nms_top_n_train=50,
-                           rpn_post_nms_top_n_test=50, box_batch_size_per_image=32),
-    "mask_rcnn": partial(MaskRCNNHead, representation_size=32, mask_layers=(16,), rpn_post_nms_top_n_train=50,
-                         rpn_post_nms_top_n_test=50, box_batch_size_per_image=32),
-}
 
 
 @pytest.mark.parametrize("name", list(HEADS))

@@ -69,9 +69,8 @@ def test_bad_layer_decay():
         param_groups(_Model(), layer_decay=0.5)
 
 
-def _lrs(sched_cls, steps, **kwargs):
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = sched_cls(opt, **kwargs)
+def _run_schedule(opt, sched, steps):
+    """The lr of each of ``steps`` iterations (``opt`` then holds the lr after the last one)."""
     sched.resolve_total(steps)
     lrs = []
     for _ in range(steps):
@@ -79,6 +78,11 @@ def _lrs(sched_cls, steps, **kwargs):
         opt.step()
         sched.step()
     return lrs
+
+
+def _lrs(sched_cls, steps, **kwargs):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    return _run_schedule(opt, sched_cls(opt, **kwargs), steps)
 
 
 def test_poly_schedule_matches_mmseg_formula():
@@ -102,12 +106,7 @@ def test_poly_schedule_decays_to_an_absolute_min_lr():
     base, min_lr, total = 1e-3, 1e-5, 20
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
     sched = WarmupPolyLR(opt, power=0.9, min_lr=min_lr)
-    sched.resolve_total(total)
-    lrs = []
-    for _ in range(total):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _run_schedule(opt, sched, total)
     for it in (0, 1, 7, 13, 19):
         assert lrs[it] == pytest.approx(_poly_min_lr(base, min_lr, it, total), rel=1e-12)
     assert lrs[0] == pytest.approx(base)
