@@ -1,5 +1,6 @@
-"""Checks the ``cbsa-dense`` entry point runs before any work: config files, parse errors, output
-locations, and the evaluation protocol carried by a checkpoint."""
+"""Checks the ``cbsa-dense`` entry point runs before any work: parse errors, output locations, and the
+evaluation protocol carried by a checkpoint. (Config files are checked as they are resolved and composed:
+:mod:`cbsa_dense.config_files`.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cbsa_dense.config_files import config_values, is_inline_yaml, load_config, read_config_file
 from cbsa_dense.errors import OutputError
 
 
@@ -128,16 +128,3 @@ def condense_parse_error(message: str) -> str:
         text = f"--{where}" + (f" ({owner})" if owner else "") + f": {text}"
     return f"{text}; see --help for the accepted options"
 
-
-def check_config_files(argv: list[str]) -> None:
-    """Refuse a ``--config`` that names no file and no shipped config, or whose file (or one of its ``_base_``
-    files) is not a readable YAML mapping, naming the file, line and column (jsonargparse reports a YAML syntax
-    error without the file name). YAML text given as ``--config`` is left to jsonargparse."""
-    for value in config_values(argv):
-        if not is_inline_yaml(value):
-            load_config(value)
-
-
-def check_config_file(path: Path) -> None:
-    """ConfigError unless ``path`` holds a YAML mapping (names the file, and the line and column of a syntax error)."""
-    read_config_file(path)

@@ -255,13 +255,17 @@ def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     return [*files, (path, own)]
 
 
+def _merged(files: list[tuple[Path, dict]]) -> dict:
+    merged: dict = {}
+    for _, own in files:
+        merged = merge_configs(merged, own)
+    return merged
+
+
 def load_config(value: str | Path) -> dict:
     """The fully composed mapping of a config (a file or a shipped name): its ``_base_`` files merged in order,
     the file itself on top, without the ``_base_`` key."""
-    merged: dict = {}
-    for _, own in _chain(resolve_config(value)):
-        merged = merge_configs(merged, own)
-    return merged
+    return _merged(_chain(resolve_config(value)))
 
 
 def config_mapping(value: str) -> dict:
@@ -287,9 +291,10 @@ def composed_config_arg(value: str) -> str:
     if is_inline_yaml(value) and not _is_file(value):
         return value
     path = resolve_config(value)
-    if not config_bases(path, read_config_file(path)):
+    files = _chain(path)                        # each file read once, checked, bases resolved
+    if len(files) == 1:
         return str(path)
-    text = dump_config(load_config(path))
+    text = dump_config(_merged(files))
     _COMPOSED[text] = path
     return text
 

@@ -131,19 +131,22 @@ class _IgnoredCheckpointState(Callback):
         return {}
 
 
-def _stored_checkpoint_states(ckpt_path) -> list[str]:
-    """Keys of the checkpoint-callback states saved in ``ckpt_path`` (a ``ModelCheckpoint`` state always
-    holds ``best_model_path``). The keys carry the training config's class and settings
-    (``TaskCheckpoint{'monitor': 'val_miou', ...}``), which need not match the evaluation config's."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return []
-    from cbsa_dense.errors import UserError
-    from cbsa_dense.models.checkpoint import read_checkpoint
+def _stored_checkpoint_states(ckpt_path, checkpoint: dict | None = None) -> list[str]:
+    """Keys of the checkpoint-callback states saved in ``ckpt_path`` (or in ``checkpoint``, when the caller
+    has read it already); a ``ModelCheckpoint`` state always holds ``best_model_path``. The keys carry the
+    training config's class and settings (``TaskCheckpoint{'monitor': 'val_miou', ...}``), which need not
+    match the evaluation config's."""
+    if checkpoint is None:
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return []
+        from cbsa_dense.errors import UserError
+        from cbsa_dense.models.checkpoint import read_checkpoint
 
-    try:
-        states = read_checkpoint(ckpt_path, mmap=True).get("callbacks") or {}
-    except UserError:
-        return []                       # an unreadable checkpoint is reported when Lightning loads it
+        try:
+            checkpoint = read_checkpoint(ckpt_path, mmap=True)
+        except UserError:
+            return []                   # an unreadable checkpoint is reported when Lightning loads it
+    states = checkpoint.get("callbacks") or {}
     return [key for key, state in states.items()
             if isinstance(key, str) and isinstance(state, dict) and "best_model_path" in state]
 
@@ -163,16 +166,18 @@ def _announce(subcommand: str, directory: Path) -> None:
     print(f"{subcommand} outputs: {directory}", flush=True)
 
 
-def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | None) -> Path:
+def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | None,
+                     checkpoint: dict | None = None) -> Path:
     """Point the trainer of ``validate``/``test``/``predict`` at an evaluation folder (see the module doc),
     replace its checkpoint callbacks by inert takers of their saved states, print ``<subcommand> outputs:
-    <dir>`` (rank 0) and return the folder.
+    <dir>`` (rank 0) and return the folder. ``checkpoint``: ``ckpt_path`` already read by the caller.
 
     Call it after the trainer is built and before it runs (``LightningCLI.before_<subcommand>``).
     """
     kept = [callback for callback in trainer.callbacks if not isinstance(callback, Checkpoint)]
     kept_keys = {callback.state_key for callback in kept}
-    trainer.callbacks[:] = kept + [_IgnoredCheckpointState(key) for key in _stored_checkpoint_states(ckpt_path)
+    stored = _stored_checkpoint_states(ckpt_path, checkpoint)
+    trainer.callbacks[:] = kept + [_IgnoredCheckpointState(key) for key in stored
                                    if key not in kept_keys]
 
     loggers = _versioned_loggers(trainer)

@@ -19,12 +19,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
-from cbsa_dense.cli_checks import (
-    apply_eval_protocol,
-    check_config_files,
-    check_writable,
-    condense_parse_error,
-)
+from cbsa_dense.cli_checks import apply_eval_protocol, check_writable, condense_parse_error
 from cbsa_dense.config_files import compose_config_args, config_error_context, config_mapping, config_values
 from cbsa_dense.errors import ConfigError, OutputError
 
@@ -47,6 +42,7 @@ class CBSADenseCLI(LightningCLI):
             kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
         self.overwrite = overwrite
         self._ckpt_num_classes: int | None = None
+        self._checkpoint: dict | None = None        # --ckpt_path, read once (tensors memory-mapped)
         self._configured_num_classes: int | None = None
         self._data_class_name = "?"
         register_short_names()
@@ -76,31 +72,19 @@ class CBSADenseCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replays the task config stored in ``--ckpt_path`` over the parsed config; this does
-        the same with the stored config in this release's layout (:func:`task_hparams`) and without the
-        arguments linked from the data (``num_classes``), which the data sets again."""
-        from cbsa_dense.models.checkpoint import (
-            LINKED_TASK_ARGS,
-            read_checkpoint,
-            stored_num_classes,
-            task_hparams,
-        )
+        the same with the stored config in this release's layout and without the arguments linked from the
+        data (``num_classes``), which the data sets again (:func:`~cbsa_dense.models.checkpoint.task_config`).
+        The checkpoint was read (and checked) once, in :meth:`parse_arguments`."""
+        from cbsa_dense.models.checkpoint import stored_num_classes, task_config
 
-        if not self.config.get("subcommand"):
+        if self._checkpoint is None:
             return
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        self._ckpt_num_classes = stored_num_classes(self._checkpoint)
+        stored = task_config(self._checkpoint)
+        if stored is None:
+            super()._parse_ckpt_path()             # not a task of this project's CLI: Lightning's own replay
             return
-        checkpoint = read_checkpoint(ckpt_path, mmap=True)
-        self._ckpt_num_classes = stored_num_classes(checkpoint)
-        hparams = task_hparams(checkpoint)
-        hparams.pop("_instantiator", None)
-        for key in LINKED_TASK_ARGS:
-            hparams.pop(key, None)
-        if not hparams:
-            return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
-        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": stored}}, self.config)
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, then check ``--ckpt_path`` before Lightning reads it: right after parsing, Lightning loads
@@ -127,7 +111,8 @@ class CBSADenseCLI(LightningCLI):
             from cbsa_dense.models.checkpoint import check_ckpt_path, check_weights_path
 
             model = self.config[subcommand].get("model")
-            check_ckpt_path(self.config[subcommand].get("ckpt_path"), getattr(model, "class_path", None), subcommand)
+            self._checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"),
+                                               getattr(model, "class_path", None), subcommand)
             init_args = getattr(model, "init_args", None)
             if subcommand == "fit" and not self.config[subcommand].get("ckpt_path") and init_args is not None:
                 check_weights_path(init_args.get("weights"), model.class_path, init_args.get("weights_strict", True))
@@ -141,15 +126,9 @@ class CBSADenseCLI(LightningCLI):
         model_args = getattr(config.get("model"), "init_args", None)
         self._configured_num_classes = model_args.get("num_classes") if model_args is not None else None
         self._data_class_name = str(getattr(config.get("data"), "class_path", "?")).rpartition(".")[2]
-        if subcommand not in ("validate", "test", "predict"):
+        if subcommand not in ("validate", "test", "predict") or self._checkpoint is None:
             return
-        ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        from cbsa_dense.models.checkpoint import read_checkpoint
-
-        stored = read_checkpoint(ckpt_path, mmap=True).get("eval_protocol") or {}
-        apply_eval_protocol(config, stored, ckpt_path)
+        apply_eval_protocol(config, self._checkpoint.get("eval_protocol") or {}, config.get("ckpt_path"))
 
     def _check_outputs(self) -> None:
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
@@ -165,23 +144,22 @@ class CBSADenseCLI(LightningCLI):
         self._check_outputs()
         self.trainer.callbacks.append(PreemptionCheckpoint())
 
-    def before_validate(self) -> None:
+    def _prepare_evaluation(self) -> None:
+        """validate/test/predict: their own output folder (:mod:`cbsa_dense.eval_runs`), then writability."""
         from cbsa_dense.eval_runs import prepare_eval_run
 
-        prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"))
+        prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"),
+                         self._checkpoint)
         self._check_outputs()
+
+    def before_validate(self) -> None:
+        self._prepare_evaluation()
 
     def before_test(self) -> None:
-        from cbsa_dense.eval_runs import prepare_eval_run
-
-        prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"))
-        self._check_outputs()
+        self._prepare_evaluation()
 
     def before_predict(self) -> None:
-        from cbsa_dense.eval_runs import prepare_eval_run
-
-        prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"))
-        self._check_outputs()
+        self._prepare_evaluation()
         outputs = getattr(self.model, "prediction_outputs", lambda: [])()
         for path in map(Path, outputs):
             existing = list(path.iterdir()) if path.is_dir() else [path] if path.exists() else []
@@ -228,24 +206,23 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
     ckpt = values.get("--ckpt_path")
     if any("model" in config_mapping(config) for config in config_values(argv)):
         return argv                     # a config (a file, a shipped name, composed from _base_ files) sets one
-    if not ckpt or ckpt.split(":")[0] in ("best", "last", "hpc", "registry") or "://" in ckpt:
-        return argv
-    from cbsa_dense.models.checkpoint import LINKED_TASK_ARGS, read_checkpoint, task_hparams
+    from cbsa_dense.models.checkpoint import LIGHTNING_CKPT_ALIASES, read_checkpoint, task_config
 
-    hparams = task_hparams(read_checkpoint(ckpt, mmap=True))
-    class_path = hparams.get("_class_path")
-    if not class_path:
+    if not ckpt or ckpt.split(":")[0] in LIGHTNING_CKPT_ALIASES or "://" in ckpt:
         return argv
-    init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in LINKED_TASK_ARGS}
-    return [argv[0], "--model", json.dumps({"class_path": class_path, "init_args": init_args}), *argv[1:]]
+    stored = task_config(read_checkpoint(ckpt, mmap=True))
+    if stored is None:
+        return argv
+    return [argv[0], "--model", json.dumps(stored), *argv[1:]]
 
 
 def run(argv: list[str], from_console: bool, overwrite: bool = False,
         extra_help: Callable[[], None] = lambda: None) -> int:
     """Run a training subcommand (``argv[0]`` in fit/validate/test/predict, or ``--help``)."""
-    check_config_files(argv)              # every --config: a file or a shipped name; YAML mappings, _base_ files too
+    # Every --config: a file or a shipped name, a YAML mapping, its _base_ files too (one-line errors naming the
+    # file); shipped names -> files, _base_ -> composed YAML text, --trainer presets -> their trainer section.
+    argv = compose_config_args(argv)
     argv = _model_from_checkpoint(argv)
-    argv = compose_config_args(argv)      # shipped names -> files, _base_ -> composed YAML, --trainer presets
     if from_console:                      # LightningCLI warns when both sys.argv and args are given
         sys.argv[1:] = argv
     args = None if from_console else argv

@@ -211,6 +211,19 @@ def task_hparams(checkpoint: dict) -> dict:
     return hparams
 
 
+def task_config(checkpoint: dict) -> dict | None:
+    """The task config a checkpoint stores, ``{"class_path": ..., "init_args": {...}}``, to be replayed by the
+    CLI: this release's layout (:func:`task_hparams`), without Lightning's bookkeeping keys and without the
+    arguments the CLI links from the data (:data:`LINKED_TASK_ARGS`). ``None`` when the checkpoint records no
+    task class (not written by a LightningCLI-built task)."""
+    hparams = task_hparams(checkpoint)
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        return None
+    return {"class_path": class_path,
+            "init_args": {k: v for k, v in hparams.items() if not k.startswith("_") and k not in LINKED_TASK_ARGS}}
+
+
 def stored_num_classes(checkpoint: dict) -> int | None:
     """The class count a checkpoint was trained for (its task's ``num_classes``), if recorded."""
     value = task_hparams(checkpoint).get("num_classes")
