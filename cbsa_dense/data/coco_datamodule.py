@@ -179,8 +179,7 @@ class COCODetectionDataModule(LightningDataModule):
                             "count, come from them); check data root and the *_json paths")
         for path in sorted((p for p in paths if p.is_file()), key=lambda p: p.stat().st_size):
             try:
-                cats = sorted(json.loads(path.read_text()).get("categories") or [], key=lambda c: c["id"])
-                ids, names = [c["id"] for c in cats], [str(c.get("name", c["id"])) for c in cats]
+                ids, names = _categories(json.loads(path.read_text()).get("categories") or [])
             except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 continue                            # setup reads it properly and names what is wrong
             if ids:
@@ -190,11 +189,9 @@ class COCODetectionDataModule(LightningDataModule):
     def _set_categories(self, coco, json_path: Path) -> None:
         if not coco.dataset["categories"]:  # an images-only json to predict: categories come from elsewhere
             return
-        cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
-        ids = [c["id"] for c in cats]
+        ids, names = _categories(coco.dataset["categories"])
         if not self.category_ids:
-            self.category_ids = ids
-            self.class_names = [str(c.get("name", c["id"])) for c in cats]
+            self.category_ids, self.class_names = ids, names
         elif ids != self.category_ids:
             raise COCOFormatError(f"{json_path}: categories {ids} differ from the first split's {self.category_ids}; "
                                   "every split must declare the same categories")
@@ -258,3 +255,9 @@ class COCODetectionDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", False, self.eval_batch_size)
+
+
+def _categories(categories: list[dict]) -> tuple[list, list[str]]:
+    """Category ids in increasing order (label k = the k-th id) and their names (the id when unnamed)."""
+    ordered = sorted(categories, key=lambda c: c["id"])
+    return [c["id"] for c in ordered], [str(c.get("name", c["id"])) for c in ordered]
