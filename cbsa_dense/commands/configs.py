@@ -112,8 +112,9 @@ def list_configs() -> int:
     return 0
 
 
-def copy_config(name: str, dest: str | None, force: bool = False, flat: bool = False) -> Path:
-    """Write the shipped config ``name`` to ``dest`` (see the module doc); returns the written path."""
+def copy_config(name: str, dest: str | None, force: bool = False, flat: bool = False) -> tuple[Path, str]:
+    """Write the shipped config ``name`` to ``dest`` (see the module doc); returns the written path and the
+    shipped config's name."""
     source = _find_shipped(name)
     shipped = _shipped_name(source)
     target = Path(dest) if dest else Path(source.name)
@@ -135,7 +136,7 @@ def copy_config(name: str, dest: str | None, force: bool = False, flat: bool = F
         target.write_text(text, encoding="utf-8")
     except OSError as error:
         raise OutputError(f"cannot write {target}: {error.strerror or error}; give another DEST") from error
-    return target
+    return target, shipped
 
 
 def main(argv: list[str]) -> int:
@@ -150,9 +151,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.action in (None, "list"):
         return list_configs()
-    target = copy_config(args.name, args.dest, force=args.force, flat=args.flat)
-    source = _find_shipped(args.name)
-    print(f"wrote {target} (from the shipped config {_shipped_name(source)})")
+    target, shipped = copy_config(args.name, args.dest, force=args.force, flat=args.flat)
+    print(f"wrote {target} (from the shipped config {shipped})")
     quoted = shlex.quote(str(target))
     sections = set(load_config(target))
     if {"model", "data"} <= sections:
