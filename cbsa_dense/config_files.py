@@ -1,7 +1,7 @@
 """Locating and composing config files.
 
 **Where a config comes from.** ``--config X`` (and every other command's ``--config``) takes, in this
-order: an existing file ``X``; else a config shipped inside the package (:data:`CONFIG_DIR`) by name:
+order: an existing file ``X``; else a shipped config (:data:`CONFIG_DIR`) by name:
 exactly ``X``, ``X`` + ``.yaml``, or ``X`` without a leading ``configs/`` (the old in-repository form,
 ``configs/demo_seg.yaml``). ``cbsa-dense configs`` lists the shipped names.
 
@@ -37,8 +37,17 @@ __all__ = ["CONFIG_DIR", "BASE_KEY", "shipped_configs", "shipped_config", "resol
            "config_error_context", "dump_config", "parse_yaml", "config_bases", "resolve_base",
            "unknown_config_message", "is_inline_yaml", "config_mapping"]
 
-#: The configs shipped inside the package.
-CONFIG_DIR = Path(__file__).parent / "configs"
+
+def _config_dir() -> Path:
+    """The shipped configs: ``cbsa_dense/configs`` in an installed wheel (the build maps the repository's
+    top-level ``configs/`` there, see pyproject.toml), else ``configs/`` beside the package (a source checkout,
+    an editable install)."""
+    installed = Path(__file__).parent / "configs"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+#: The shipped configs (the repository's ``configs/``; ``cbsa_dense/configs`` inside a wheel).
+CONFIG_DIR = _config_dir()
 #: Top-level key naming the configs a config builds on.
 BASE_KEY = "_base_"
 #: Command-line flags that take a config (``--config X``, ``--config=X``, ``-c X``, ``-c=X``).

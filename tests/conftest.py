@@ -13,7 +13,7 @@ from cbsa_dense.cli import main as cli_main
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ROOT = Path(__file__).resolve().parents[1]
 #: The shipped configs a user runs (not the ``base/`` building blocks nor the ``trainer/`` presets).
-CONFIG_DIR = ROOT / "cbsa_dense" / "configs"
+CONFIG_DIR = ROOT / "configs"
 TASK_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name not in ("trainer", "base"))
 
 
@@ -35,7 +35,7 @@ def seg_run(tmp_path_factory) -> Path:
     """A tiny demo-segmentation run trained through the real CLI (1 epoch, 4 images), logged to
     TensorBoard, with the explanation callback on (the demo config draws validation predictions too); its checkpoint serves the explain and export tests."""
     run = tmp_path_factory.mktemp("seg_run")
-    cli_main(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml"),
+    cli_main(["fit", "--config", str(ROOT / "configs" / "demo_seg.yaml"),
               "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
               "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
               "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
@@ -58,7 +58,7 @@ def det_ckpt(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("det_run")
     threads = torch.get_num_threads()
     try:
-        cli_main(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"),
+        cli_main(["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"),
                   "--data.init_args.root", str(run / "data"), "--data.init_args.num_train", "4",
                   "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
                   "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",

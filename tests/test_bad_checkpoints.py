@@ -18,8 +18,8 @@ from cbsa_dense.errors import CheckpointError
 from cbsa_dense.models.checkpoint import read_checkpoint
 from tests.conftest import ROOT, cli_user_error
 
-SEG_CONFIG = str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml")
-DET_CONFIG = str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml")
+SEG_CONFIG = str(ROOT / "configs" / "demo_seg.yaml")
+DET_CONFIG = str(ROOT / "configs" / "demo_det.yaml")
 
 
 @pytest.fixture(scope="module")

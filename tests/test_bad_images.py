@@ -25,7 +25,7 @@ from cbsa_dense.data.seg_transforms import SegEvalTransform, SegTrainTransform
 from cbsa_dense.errors import ConfigError, DataError
 from tests.conftest import cli_user_error
 
-CONFIGS = Path(__file__).resolve().parents[1] / "cbsa_dense" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ORIENTATION = 0x0112
 RED, GREEN = (255, 0, 0), (0, 255, 0)
 

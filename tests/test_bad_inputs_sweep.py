@@ -15,7 +15,7 @@ from PIL import Image
 from tests.conftest import cli_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_SEG = str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml")
+DEMO_SEG = str(ROOT / "configs" / "demo_seg.yaml")
 
 
 def _folder(tmp_path: Path, classes: bytes = b"a\nb\n") -> Path:
@@ -109,7 +109,7 @@ def test_root_that_is_a_file(tmp_path, capsys):
 # --- COCO data settings and malformed RLE -------------------------------------------------------------------
 
 def _coco(tmp_path: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"), "--data.init_args.root",
+    return ["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"), "--data.init_args.root",
             str(tmp_path / "coco"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *extra]
 
 

@@ -69,7 +69,7 @@ def test_evaluation_protocol_travels_with_the_checkpoint(seg_run, seg_ckpt, tmp_
     bare = json.loads((tmp_path / "bare" / "test_per_class_iou.json").read_text())["mIoU"]
     assert bare == pytest.approx(_best_val_miou(seg_ckpt), abs=1e-6)
 
-    main(["test", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml"), "--ckpt_path", str(seg_ckpt),   # training config
+    main(["test", "--config", str(ROOT / "configs" / "demo_seg.yaml"), "--ckpt_path", str(seg_ckpt),   # training config
           *[a.replace("--data.", "--data.init_args.") for a in data], *common,
           "--trainer.default_root_dir", str(tmp_path / "config")])
     assert "(from the config/command line)" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from cbsa_dense.cli import main as cli_main
 from cbsa_dense.errors import ConfigError, DataError, user_message
 from tests.conftest import ROOT, cli_user_error
 
-DEMO_SEG = str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml")
+DEMO_SEG = str(ROOT / "configs" / "demo_seg.yaml")
 
 
 def _tiny_seg(tmp_path: Path, *extra: str) -> list[str]:
@@ -132,7 +132,7 @@ def test_lightning_misconfiguration_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag", ["--model.init_args.num_classes", "--model.num_classes"])
 def test_num_classes_on_the_command_line_points_to_the_data(tmp_path, capsys, flag):
-    line = cli_user_error(["fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"), "--data.init_args.root",
+    line = cli_user_error(["fit", "--config", str(ROOT / "configs" / "demo_det.yaml"), "--data.init_args.root",
                            str(tmp_path / "data"), flag, "5"], capsys)
     assert f"{flag}: num_classes is set by the data" in line and not (tmp_path / "data").exists()
 

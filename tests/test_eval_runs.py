@@ -13,7 +13,7 @@ from cbsa_dense.cli import main
 from cbsa_dense.eval_runs import EVAL_FOLDER_ENV, prepare_eval_run
 from tests.conftest import ROOT
 
-CONFIG = str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml")
+CONFIG = str(ROOT / "configs" / "demo_seg.yaml")
 
 
 @pytest.fixture

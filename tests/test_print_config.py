@@ -21,7 +21,7 @@ def _print_config(*args) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "cbsa_dense" / "configs")))
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_printed_config_is_a_fixed_point(config, tmp_path):
     printed = _print_config("--config", str(config))
     assert "model:" in printed and "class_path:" in printed
@@ -32,6 +32,6 @@ def test_printed_config_is_a_fixed_point(config, tmp_path):
 
 def test_unknown_key_names_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml").read_text() + "\nbogus_key: 1\n")
+    bad.write_text((ROOT / "configs" / "demo_seg.yaml").read_text() + "\nbogus_key: 1\n")
     line = cli_user_error(["fit", "--config", str(bad), "--print_config"], capsys)
     assert "bogus_key" in line and "Union" not in line, line

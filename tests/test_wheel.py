@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p.relative_to(ROOT / "cbsa_dense" / "configs").as_posix()
-                 for p in (ROOT / "cbsa_dense" / "configs").rglob("*.yaml"))
+SHIPPED = sorted(p.relative_to(ROOT / "configs").as_posix()
+                 for p in (ROOT / "configs").rglob("*.yaml"))
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +55,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     source.mkdir()
     shutil.copytree(ROOT / "cbsa_dense", source / "cbsa_dense",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    shutil.copytree(ROOT / "configs", source / "configs")
     for name in ("pyproject.toml", "README.md", "LICENSE", "requirements.txt"):
         shutil.copy2(ROOT / name, source / name)
     out = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",

@@ -55,7 +55,7 @@ def test_count_images_of_batch_layouts():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["demo_seg.yaml", "demo_det.yaml"])
 def test_train_benchmark_runs_on_shipped_demo_configs(name, tmp_path):
-    config = ROOT / "cbsa_dense" / "configs" / name
+    config = ROOT / "configs" / name
     if not config.exists():
         pytest.skip(f"{config} is absent")
     record = bench_train(str(config), steps=2, warmup_steps=1,

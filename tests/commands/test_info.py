@@ -9,7 +9,7 @@ import pytest
 
 from cbsa_dense.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[2] / "cbsa_dense" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # name: (encoder width, decoder layers, crop, the paper's decoder GFLOPs)
 PAPER = {"tiny": (192, 3, 512, 1.5), "small": (384, 3, 512, 2.3), "base": (768, 6, 512, 7.8),

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cbsa_dense.data.demo_seg import DEMO_CLASSES, DemoSegDataModule, generate_demo_ade20k
 
-CONFIGS = Path(__file__).resolve().parents[2] / "cbsa_dense" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def digest(root: Path) -> str:

@@ -118,12 +118,12 @@ PRETRAINED_CONFIGS = [p for p in CONFIGS if "pretrained" in _encoder_config(_shi
 
 
 def test_the_pretrained_configs_are_the_expected_ones():
-    names = {str(p.relative_to(ROOT / "cbsa_dense" / "configs")) for p in PRETRAINED_CONFIGS}
+    names = {str(p.relative_to(ROOT / "configs")) for p in PRETRAINED_CONFIGS}
     assert {"seg_ade20k.yaml", "seg_custom.yaml", "det_coco.yaml", "det_custom.yaml", "finetune_cpu.yaml",
             "paper/ade20k_cbt_small.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", PRETRAINED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "cbsa_dense" / "configs")))
+@pytest.mark.parametrize("config", PRETRAINED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_shipped_config_encoder_takes_its_arch_weights_exactly(config):
     """Through the CLI's parser: the encoder names a timm arch, loads a random-initialized timm model of
     that arch with no unexpected or shape-mismatched tensor, and CBSA encoders use the ``qkv`` variant

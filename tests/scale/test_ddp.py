@@ -27,7 +27,7 @@ def test_ddp_fit_and_validate_match_single_process(tmp_path):
     data = ["--data.init_args.root", str(tmp_path / "data"), "--data.init_args.num_train", "8",
             "--data.init_args.num_val", "6", "--data.init_args.batch_size", "2",
             "--data.init_args.val_batch_size", "1"]
-    common = ["--config", str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml"), *data, "--trainer.enable_progress_bar", "false"]
+    common = ["--config", str(ROOT / "configs" / "demo_seg.yaml"), *data, "--trainer.enable_progress_bar", "false"]
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
     _cli("fit", *common, *ddp, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
          "--trainer.logger.init_args.save_dir", str(tmp_path / "fit"), cwd=tmp_path)
@@ -54,7 +54,7 @@ def test_ddp_validate_and_test_odd_images_match_single_process(tmp_path):
     data = ["--data.init_args.root", str(tmp_path / "data"), "--data.init_args.num_train", "8",
             "--data.init_args.num_val", "5", "--data.init_args.batch_size", "2",
             "--data.init_args.val_batch_size", "2"]
-    common = ["--config", str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml"), *data, "--trainer.enable_progress_bar", "false"]
+    common = ["--config", str(ROOT / "configs" / "demo_seg.yaml"), *data, "--trainer.enable_progress_bar", "false"]
     _cli("fit", *common, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2",
          "--trainer.logger.init_args.save_dir", str(tmp_path / "fit"), cwd=tmp_path)
     ckpt = next((tmp_path / "fit").rglob("last.ckpt"))

@@ -43,7 +43,7 @@ def _assert_same(got: list[dict], want: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_ddp_detection_test_and_predict_match_single_process(tmp_path):
-    common = ["--config", str(ROOT / "cbsa_dense" / "configs" / "demo_det.yaml"),
+    common = ["--config", str(ROOT / "configs" / "demo_det.yaml"),
               "--data.init_args.root", str(tmp_path / "data"), "--data.init_args.num_train", "8",
               "--data.init_args.num_val", str(NUM_VAL), "--data.init_args.batch_size", "4",
               "--data.init_args.eval_batch_size", "2",

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fit(tmp_path, name, *extra):
-    cmd = [sys.executable, "-m", "cbsa_dense.cli", "fit", "--config", str(ROOT / "cbsa_dense" / "configs" / "demo_seg.yaml"),
+    cmd = [sys.executable, "-m", "cbsa_dense.cli", "fit", "--config", str(ROOT / "configs" / "demo_seg.yaml"),
            "--data.init_args.root", str(tmp_path / "data"), "--data.init_args.num_train", "12",
            "--data.init_args.num_val", "2", "--data.init_args.batch_size", "2",
            "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--trainer.deterministic", "true",

@@ -9,7 +9,7 @@ from cbsa_dense.layers import Block
 from cbsa_dense.models.encoders.cbt import CBTBlock
 from cbsa_dense.scale import TransformerFSDPStrategy, transformer_block_types
 
-PRESETS = sorted((Path(__file__).resolve().parents[2] / "cbsa_dense" / "configs" / "trainer").glob("*.yaml"))
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "trainer").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)

@@ -9,7 +9,7 @@ import pytest
 from cbsa_dense.cli import main
 from cbsa_dense.data.demo_det import generate_demo_coco
 
-CONFIGS = Path(__file__).resolve().parents[2] / "cbsa_dense" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_ENCODER = ["--model.init_args.encoder.init_args.img_size", "64", "--model.init_args.encoder.init_args.embed_dim",
                 "32", "--model.init_args.encoder.init_args.depth", "1", "--model.init_args.encoder.init_args.num_heads",
                 "2", "--model.init_args.encoder.init_args.drop_path_rate", "0.0"]

@@ -6,7 +6,7 @@ import torch
 
 from cbsa_dense.cli import main
 
-CONFIG = Path(__file__).resolve().parents[2] / "cbsa_dense" / "configs" / "demo_seg.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_seg.yaml"
 
 
 def test_weights_and_freeze_through_the_cli(seg_run, seg_ckpt, tmp_path):

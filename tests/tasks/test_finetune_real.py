@@ -20,7 +20,7 @@ from cbsa_dense.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT.parent / "shared" / "tools"
-CONFIG = ROOT / "cbsa_dense" / "configs" / "finetune_cpu.yaml"
+CONFIG = ROOT / "configs" / "finetune_cpu.yaml"
 ENCODER = "--model.init_args.encoder.init_args"
 
 #: Steps of each run (the config's length, as measured in docs/finetuning.md).
