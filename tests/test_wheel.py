@@ -1,8 +1,7 @@
 """The built wheel is a product on its own: it ships the configs and the license, installs (not editable) into
-a fresh virtual environment, and from an empty directory trains the demo by its shipped config name and
-evaluates the checkpoint without a training config.
-
-Slow (builds a wheel, creates a venv, trains a few steps); deselected by default: ``pytest -m slow tests/test_wheel.py``.
+a fresh virtual environment, and from an empty directory lists and composes the shipped configs (default
+suite: no package index needed), trains the demo by its shipped config name and evaluates the checkpoint
+without a training config (slow: ``pytest -m slow tests/test_wheel.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.relative_to(ROOT / "configs").as_posix()
                  for p in (ROOT / "configs").rglob("*.yaml"))
-
-pytestmark = pytest.mark.slow
+#: Every package of the checkout, as the wheel must hold it.
+PACKAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "cbsa_dense").rglob("__init__.py"))
 
 #: Small demo run: 2 training batches, 1 validation batch, 8 + 4 generated images.
 DEMO_DATA = ["--data.init_args.root", "data", "--data.init_args.num_train", "8", "--data.init_args.num_val", "4",
@@ -56,7 +55,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "cbsa_dense", source / "cbsa_dense",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     shutil.copytree(ROOT / "configs", source / "configs")
-    for name in ("pyproject.toml", "README.md", "LICENSE", "requirements.txt"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "requirements.txt"):
         shutil.copy2(ROOT / name, source / name)
     out = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
                 tmp_path / "dist", source], tmp_path)
@@ -66,16 +65,16 @@ def _build_wheel(tmp_path: Path) -> Path:
     return wheels[0]
 
 
-def _venv_with(wheel: Path, tmp_path: Path, empty: Path) -> Path:
+def _venv_with(wheel: Path, tmp_path: Path, empty: Path, bare_fallback: bool = True) -> Path:
     """A venv with the wheel installed, importing cbsa_dense from its own site-packages. First a venv that sees
     the system's packages (torch & co.) with only the wheel installed; if cbsa_dense then still comes from
     elsewhere (an editable install's finder), a bare venv with a full install of the wheel's dependencies."""
-    for system in (True, False):
+    for system in (True, False)[:2 if bare_fallback else 1]:
         venv = tmp_path / ("venv-system" if system else "venv-bare")
         out = _run([sys.executable, "-m", "venv", *(["--system-site-packages"] if system else []), venv], tmp_path)
         assert out.returncode == 0, _tail(out)
         python = venv / "bin" / "python"
-        install = [python, "-m", "pip", "install", "--quiet", *(["--no-deps"] if system else []), wheel]
+        install = [python, "-m", "pip", "install", "--quiet", *(["--no-deps", "--no-index"] if system else []), wheel]
         out = _run(install, empty)
         if out.returncode != 0:
             if system:
@@ -89,19 +88,58 @@ def _venv_with(wheel: Path, tmp_path: Path, empty: Path) -> Path:
         if location.is_relative_to(venv.resolve()):
             assert not location.is_relative_to(ROOT.resolve())
             return venv
-    raise AssertionError(f"cbsa_dense is imported from {location}, not from the venv, even in a bare venv")
+    raise AssertionError(f"cbsa_dense is imported from {location}, not from the venv")
 
 
-def test_wheel_installs_and_runs_the_demo_from_an_empty_directory(tmp_path):
-    start = time.perf_counter()
-    wheel = _build_wheel(tmp_path)
+def _check_contents(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert len(SHIPPED) >= 20
     missing = [n for n in SHIPPED if f"cbsa_dense/configs/{n}" not in names]
     assert not missing, f"configs missing from the wheel: {missing}"
+    missing = [n for n in PACKAGES if n not in names]
+    assert not missing, f"packages missing from the wheel: {missing}"
+    assert not any(n.startswith("configs/") for n in names), "the configs belong inside the package"
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names), \
         sorted(n for n in names if ".dist-info/" in n)
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     assert "MIT" in metadata
+    assert "Requires-Dist: opencv-python-headless" in metadata
+
+
+def test_built_wheel_ships_the_configs_and_finds_them_from_an_empty_directory(tmp_path):
+    """Default suite: build the wheel (no build isolation, no index), install it without dependencies into a
+    venv that sees the system's packages, and from an empty folder list the configs and compose one by name."""
+    wheel = _build_wheel(tmp_path)
+    _check_contents(wheel)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    venv = _venv_with(wheel, tmp_path, empty, bare_fallback=False)
+    site = venv.resolve()
+
+    out = _run([venv / "bin" / "cbsa-dense", "configs"], empty)
+    assert out.returncode == 0, _tail(out)
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    assert listed == SHIPPED, out.stdout
+
+    probe = ("import sys; from cbsa_dense import config_files as c; "
+             "print(c.CONFIG_DIR.resolve()); print(c.resolve_config(sys.argv[1]).resolve()); "
+             "config = c.load_config(sys.argv[1]); print(config['data']['class_path']); "
+             "print(config['model']['init_args']['head']['init_args']['n_layers'])")
+    out = _run([venv / "bin" / "python", "-c", probe, "paper/ade20k_cbt_small"], empty)
+    assert out.returncode == 0, _tail(out)
+    config_dir, resolved, data, n_layers = out.stdout.strip().splitlines()[-4:]
+    assert Path(config_dir) == site / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+        "site-packages" / "cbsa_dense" / "configs"
+    assert Path(resolved) == Path(config_dir) / "paper" / "ade20k_cbt_small.yaml"
+    assert data.endswith("ADE20KDataModule") and n_layers == "3"      # data from its _base_ chain, head its own
+    assert not (empty / "cbsa_dense").exists() and not (empty / "configs").exists()
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_the_demo_from_an_empty_directory(tmp_path):
+    start = time.perf_counter()
+    wheel = _build_wheel(tmp_path)
+    _check_contents(wheel)
 
     empty = tmp_path / "empty"
     empty.mkdir()
