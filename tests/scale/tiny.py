@@ -3,6 +3,7 @@ with 48x64 images, a 1-block width-32 ViT and a 1-layer decoder (about 20 k para
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ def data_args(root: Path, num_train: int, num_val: int, batch_size: int, val_bat
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``cbsa-dense ARGS`` in a subprocess (DDP launches its ranks as copies of the command)."""
-    return subprocess.run([sys.executable, "-m", "cbsa_dense.cli", *map(str, args)], cwd=cwd,
+    """``cbsa-dense ARGS`` in a subprocess (DDP launches its ranks as copies of the command), from ``cwd``
+    with the checkout on the path (test callbacks: ``tests.scale.kill_callback.KillAtStep``)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "cbsa_dense.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True)
