@@ -19,7 +19,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
-from cbsa_dense.cli_checks import apply_eval_protocol, check_writable, condense_parse_error
+from cbsa_dense.cli_checks import apply_eval_protocol, check_writable, condense_parse_error, drop_weight_files
 from cbsa_dense.config_files import compose_config_args, config_error_context, config_mapping, config_values
 from cbsa_dense.errors import ConfigError, OutputError
 
@@ -32,7 +32,7 @@ class CBSADenseCLI(LightningCLI):
     allows it). Every ``fit`` gets a :class:`~cbsa_dense.callbacks.PreemptionCheckpoint`.
     """
 
-    def __init__(self, *args, overwrite: bool = False, **kwargs) -> None:
+    def __init__(self, *args, overwrite: bool = False, model_from_checkpoint: bool = False, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # The optimizer and scheduler are task arguments (--model.init_args.optimizer): the task builds the
         # parameter groups (no decay on norms/biases/step sizes, layer decay) and hands them to it. The
@@ -41,6 +41,7 @@ class CBSADenseCLI(LightningCLI):
         if isinstance(kwargs.get("args"), (list, tuple)):       # shipped names and _base_ files, as the entry point
             kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
         self.overwrite = overwrite
+        self._model_from_checkpoint = model_from_checkpoint    # --model is the checkpoint's task config already
         self._ckpt_num_classes: int | None = None
         self._checkpoint: dict | None = None        # --ckpt_path, read once (tensors memory-mapped)
         self._configured_num_classes: int | None = None
@@ -80,6 +81,8 @@ class CBSADenseCLI(LightningCLI):
         if self._checkpoint is None:
             return
         self._ckpt_num_classes = stored_num_classes(self._checkpoint)
+        if self._model_from_checkpoint:
+            return              # given as --model before the other arguments, which override parts of it
         stored = task_config(self._checkpoint)
         if stored is None:
             super()._parse_ckpt_path()             # not a task of this project's CLI: Lightning's own replay
@@ -126,9 +129,14 @@ class CBSADenseCLI(LightningCLI):
         model_args = getattr(config.get("model"), "init_args", None)
         self._configured_num_classes = model_args.get("num_classes") if model_args is not None else None
         self._data_class_name = str(getattr(config.get("data"), "class_path", "?")).rpartition(".")[2]
-        if subcommand not in ("validate", "test", "predict") or self._checkpoint is None:
+        if self._checkpoint is None:
             return
-        apply_eval_protocol(config, self._checkpoint.get("eval_protocol") or {}, config.get("ckpt_path"))
+        drop_weight_files(config)       # the checkpoint holds the weights: pretrained/weights files are not read
+        if subcommand in ("validate", "test", "predict"):
+            from cbsa_dense.models.checkpoint import task_config
+
+            apply_eval_protocol(config, self._checkpoint.get("eval_protocol") or {}, config.get("ckpt_path"),
+                                task_config(self._checkpoint))
 
     def _check_outputs(self) -> None:
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
@@ -222,6 +230,7 @@ def run(argv: list[str], from_console: bool, overwrite: bool = False,
     # Every --config: a file or a shipped name, a YAML mapping, its _base_ files too (one-line errors naming the
     # file); shipped names -> files, _base_ -> composed YAML text, --trainer presets -> their trainer section.
     argv = compose_config_args(argv)
+    given = argv
     argv = _model_from_checkpoint(argv)
     if from_console:                      # LightningCLI warns when both sys.argv and args are given
         sys.argv[1:] = argv
@@ -233,5 +242,5 @@ def run(argv: list[str], from_console: bool, overwrite: bool = False,
             extra_help()
             raise
     with config_error_context(argv):      # a parse error names the config (or _base_) file that set the key
-        CBSADenseCLI(args=args, overwrite=overwrite)
+        CBSADenseCLI(args=args, overwrite=overwrite, model_from_checkpoint=argv is not given)
     return 0

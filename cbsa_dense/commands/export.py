@@ -23,8 +23,9 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     from cbsa_dense.cli_checks import check_writable
-    from cbsa_dense.errors import ConfigError, OutputError, UserError
+    from cbsa_dense.errors import ConfigError, OutputError
     from cbsa_dense.export import export_checkpoint
+    from cbsa_dense.export.exporter import ParityError
 
     if not args.tolerance >= 0:
         raise ConfigError(f"--tolerance {args.tolerance}: give the largest allowed difference, a number >= 0")
@@ -36,9 +37,7 @@ def main(argv: list[str]) -> int:
     try:
         result = export_checkpoint(args.ckpt_path, args.output, args.format,
                                    tuple(args.image_size) if args.image_size else None, args.tolerance)
-    except UserError:
-        raise
-    except ValueError as err:                          # the parity check failed: a result, not a user error
+    except ParityError as err:                         # the parity check failed: a result, not a user error
         print(f"cbsa-dense export: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"model": str(result.model_path), "sidecar": str(result.sidecar_path),

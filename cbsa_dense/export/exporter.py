@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 
 
+class ParityError(ValueError):
+    """The export's outputs differ from the Lightning model's by more than the tolerance (a result of the
+    check, not a problem in the user's input: the files are left in place for inspection)."""
+
+
 @dataclass
 class ExportResult:
     """Paths written and the parity measured (max absolute difference over the sample inputs)."""
@@ -68,8 +73,9 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
         num_samples: random sample inputs used for the parity check.
 
     Raises:
-        ValueError: unknown format, or parity above ``tolerance`` (the message gives the difference;
-            the files are left in place for inspection).
+        ConfigError: unknown format or image size.
+        ParityError: parity above ``tolerance`` (the message gives the difference; the files are left in
+            place for inspection).
     """
     from cbsa_dense.tasks.loading import load_task
 
@@ -114,7 +120,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
     }, indent=1))
     worst = max(diffs)
     if not worst <= tolerance:
-        raise ValueError(f"export parity check failed for {output}: max |lightning - {fmt}| = {worst:.3g} > "
+        raise ParityError(f"export parity check failed for {output}: max |lightning - {fmt}| = {worst:.3g} > "
                          f"tolerance {tolerance:.3g}")
     log.info("exported %s to %s (parity %.3g)", ckpt_path, output, worst)
     return ExportResult(output, sidecar, worst)

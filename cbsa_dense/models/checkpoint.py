@@ -189,7 +189,8 @@ LINKED_TASK_ARGS = ("num_classes",)
 
 
 def task_hparams(checkpoint: dict) -> dict:
-    """The task config stored in a checkpoint (its ``hyper_parameters``), in this release's layout.
+    """The task config stored in a checkpoint (its ``hyper_parameters``), in this release's layout, without
+    the files its training run read (:func:`self_contained`; older checkpoints still name them).
 
     Checkpoints of 0.1 stored a segmentation task as ``model: {Segmentor: {encoder, head: {in_channels,
     num_classes, ...}}}``; this returns the one-assembly-path layout (``encoder``, ``head`` without the
@@ -208,7 +209,56 @@ def task_hparams(checkpoint: dict) -> dict:
         hparams["head"] = {**head, "init_args": head_args}
         if num_classes is not None:
             hparams["num_classes"] = num_classes
-    return hparams
+    return self_contained(hparams)[0]
+
+
+#: Arguments that name files read while a task is built: encoder ``pretrained`` weights, task ``weights``.
+#: Once training has run, their tensors are in the checkpoint's state dict: the paths are history.
+FILE_ARGS = ("pretrained", "weights")
+
+
+def self_contained(hparams: dict, encoder_args: dict | None = None) -> tuple[dict, dict]:
+    """A task config that rebuilds the model from the checkpoint alone, and what it left out.
+
+    Every string :data:`FILE_ARGS` value (at any depth) becomes ``None``; ``encoder_args`` (the built
+    encoder's ``stored_args()``: its resolved architecture instead of a timm ``arch`` name) replace the
+    encoder's ``init_args``. The input is not modified (containers are copied, other values shared).
+
+    Returns:
+        ``(config, provenance)``: provenance maps the dotted key of each replaced value to the value
+        (``{"encoder.init_args.pretrained": "/w/enc.pth", "encoder.init_args.arch": "vit_small_..."}``).
+    """
+    provenance: dict = {}
+
+    def copy(node, where: str):
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key in FILE_ARGS and isinstance(value, str):
+                    provenance[where + key] = value
+                    value = None
+                out[key] = copy(value, f"{where}{key}.")
+            return out
+        if isinstance(node, list):
+            return [copy(value, where) for value in node]
+        return node
+
+    config = copy(hparams, "")
+    encoder = config.get("encoder")
+    if encoder_args and isinstance(encoder, dict) and isinstance(encoder.get("init_args"), dict):
+        init = encoder["init_args"]
+        for key, value in encoder_args.items():
+            if key in init and init[key] != value and init[key] is not None and key not in FILE_ARGS:
+                provenance[f"encoder.init_args.{key}"] = init[key]
+            init[key] = value
+    return config, provenance
+
+
+def stored_eval_args(checkpoint: dict) -> dict:
+    """Task arguments of the evaluation protocol a checkpoint records (``checkpoint["eval_protocol"]``):
+    ``inference`` (segmentation) and ``max_detection_thresholds`` (detection), those present."""
+    protocol = checkpoint.get("eval_protocol") or {}
+    return {key: protocol[key] for key in ("inference", "max_detection_thresholds") if protocol.get(key) is not None}
 
 
 def task_config(checkpoint: dict) -> dict | None:

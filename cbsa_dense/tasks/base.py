@@ -86,6 +86,19 @@ class BaseTask(LightningModule):
             if value is not None:
                 info[key] = _plain(value)
         checkpoint["data_info"] = info
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):
+            # The checkpoint rebuilds its task from itself: no pretrained/weights file (their tensors are in the
+            # state dict) and an ``arch`` encoder's sizes made explicit (another timm version builds the same
+            # model). The replaced values are kept as ``checkpoint["provenance"]``.
+            from cbsa_dense.models.checkpoint import self_contained
+
+            encoder = getattr(getattr(self, "model", None), "encoder", None)
+            stored_args = getattr(encoder, "stored_args", None)
+            config, provenance = self_contained(hparams, stored_args() if callable(stored_args) else None)
+            checkpoint["hyper_parameters"] = config
+            if provenance:
+                checkpoint["provenance"] = provenance
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before Lightning's strict state-dict load: a checkpoint of another task class (segmentation
@@ -101,6 +114,25 @@ class BaseTask(LightningModule):
                               hint="evaluate it on data with those classes, or fine-tune it with "
                                    "--model.init_args.weights (a fresh head for the new classes)")
         self.data_info = checkpoint.get("data_info", {})
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint``, for a checkpoint written by ``cbsa-dense fit``: the task is
+        rebuilt from the checkpoint alone (:func:`~cbsa_dense.tasks.loading.task_from_checkpoint`: no
+        pretrained or weights file is read) with the evaluation protocol it records (sliding window, detection
+        limits); ``kwargs`` override stored arguments. Other checkpoints (no LightningCLI ``_class_path``),
+        an ``hparams_file`` or a file object go through Lightning's own loader."""
+        from cbsa_dense.models.checkpoint import check_task_class, read_checkpoint
+        from cbsa_dense.tasks.loading import task_from_checkpoint
+
+        if hparams_file is None and isinstance(checkpoint_path, (str, Path)) and _plain_values(kwargs):
+            checkpoint = read_checkpoint(checkpoint_path, mmap=True)
+            if "_class_path" in (checkpoint.get("hyper_parameters") or {}):
+                check_task_class(checkpoint, checkpoint_path, cls)
+                return task_from_checkpoint(checkpoint, checkpoint_path, map_location or "cpu",
+                                            strict=True if strict is None else strict, overrides=kwargs)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
 
     def num_encoder_layers(self) -> int | None:
         """Encoder depth for layer-wise decay (``encoder.blocks`` length when present)."""
@@ -141,6 +173,15 @@ def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def _plain_values(value) -> bool:
+    """True for config-like values (what a checkpoint's hyper-parameters hold), False for built objects."""
+    if isinstance(value, dict):
+        return all(_plain_values(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_plain_values(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def under_cli() -> bool:

@@ -25,6 +25,10 @@ _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "m
            "map_large": "map_l"}
 
 
+#: The evaluation resize of :class:`~cbsa_dense.data.det_transforms.DetectionTransform` (recorded in checkpoints).
+RESIZE_RULE = "longest side to image_size, zero-padded to image_size x image_size"
+
+
 class DetectionTask(BaseTask):
     """Train and evaluate a :class:`~cbsa_dense.models.detector.Detector` (ViTDet recipe by default).
 
@@ -54,8 +58,9 @@ class DetectionTask(BaseTask):
             categories of its json) and cannot be set separately.
         mask_threshold: probability above which a predicted mask pixel is foreground.
         max_detection_thresholds: the metric's three detection limits per image (COCO's ``maxDets``,
-            increasing; default ``[1, 10, 100]``); an evaluation setting, not stored in the checkpoint's
-            hyper-parameters, so ``test`` can change it.
+            increasing; default ``[1, 10, 100]``); an evaluation setting: it travels in the checkpoint
+            (``checkpoint["eval_protocol"]``, with the data's ``image_size``) and ``test``/``validate``/``predict``
+            use it unless the command line or config gives one.
         results_dir: where ``test_results.json`` / ``predictions.json`` go (default: the trainer's log dir).
         optimizer: see :class:`BaseTask`; default AdamW lr 1e-4, weight decay 0.1 (ViTDet).
         lr_scheduler: see :class:`BaseTask`; default 250 warm-up iterations, then x0.1 at 89% and 96%.
@@ -122,6 +127,14 @@ class DetectionTask(BaseTask):
         super().on_save_checkpoint(checkpoint)
         checkpoint["data_info"].setdefault("category_ids", list(self.category_ids))
         checkpoint["data_info"].setdefault("class_names", list(self.class_names))
+        # What defines this model's evaluation, beside the head's detection limit (a stored head argument):
+        # the input size and resize rule of the data, and the metric's detection limits. ``validate``/``test``/
+        # ``predict --ckpt_path`` and the Python loaders use them unless told otherwise.
+        protocol = {"resize": RESIZE_RULE, "max_detection_thresholds": list(self.max_detection_thresholds)}
+        image_size = checkpoint["data_info"].get("image_size")
+        if image_size is not None:
+            protocol["image_size"] = image_size
+        checkpoint["eval_protocol"] = protocol
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -1,23 +1,35 @@
-"""Rebuild a task from one of this project's Lightning checkpoints (no training config needed)."""
+"""Rebuild a task from one of this project's Lightning checkpoints (no training config, no other file).
+
+The task config stored in the checkpoint (LightningCLI's hyper-parameters, ``_class_path`` included) is
+instantiated without the files its training run read (encoder ``pretrained``, task ``weights``: their
+tensors are in the state dict; :func:`~cbsa_dense.models.checkpoint.task_hparams`), with the evaluation
+protocol the checkpoint records (``inference``, ``max_detection_thresholds``) unless overridden, then the
+state dict is loaded. :func:`load_task`, ``<Task>.load_from_checkpoint`` and :func:`cbsa_dense.load` all
+go through :func:`task_from_checkpoint`.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import logging
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
 
-from cbsa_dense.errors import CheckpointError
-from cbsa_dense.models.checkpoint import read_checkpoint
+from cbsa_dense.errors import CheckpointError, UserError
+from cbsa_dense.models.checkpoint import read_checkpoint, stored_eval_args, task_hparams
+
+log = logging.getLogger(__name__)
 
 
 def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> LightningModule:
     """Load a task (any ``LightningModule`` subclass) from a checkpoint written by ``cbsa-dense fit``.
 
-    The model is rebuilt from the hyper-parameters stored in the checkpoint (LightningCLI saves the
-    task's config, ``class_path`` included); ``task.data_info`` holds the class names and normalization
-    the datamodule saved.
+    The model is rebuilt from the hyper-parameters stored in the checkpoint, with its evaluation protocol
+    (see the module doc), in eval mode; ``task.data_info`` holds the class names and normalization the
+    datamodule saved.
 
     Raises:
         CheckpointError: no such file (also a ``FileNotFoundError``), a directory, a truncated or foreign
@@ -26,10 +38,29 @@ def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -
     path = Path(ckpt_path)
     # A weights-only read (LightningCLI stores plain hyper-parameters), with one-line errors for bad files.
     checkpoint = read_checkpoint(path, mmap=True)
+    task = task_from_checkpoint(checkpoint, path, map_location)
+    task.eval()
+    return task
+
+
+def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str | torch.device = "cpu",
+                         strict: bool = True, overrides: dict | None = None) -> LightningModule:
+    """The task a read checkpoint stores, with its weights (see the module doc).
+
+    Args:
+        checkpoint: the read checkpoint (:func:`~cbsa_dense.models.checkpoint.read_checkpoint`).
+        path: its file, for messages.
+        map_location: device of the loaded tensors.
+        strict: strict state-dict loading.
+        overrides: task arguments replacing stored ones (e.g. ``{"inference": {...}}``).
+
+    Raises:
+        CheckpointError: not a Lightning checkpoint of a LightningCLI-built cbsa_dense task (names the file).
+    """
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'; top-level keys "
                               f"{list(checkpoint)[:8]}): give a checkpoint written by cbsa-dense fit")
-    hparams = checkpoint.get("hyper_parameters") or {}
+    hparams = task_hparams(checkpoint)
     if "_class_path" not in hparams:
         raise CheckpointError(f"{path} has no '_class_path' hyper-parameter: it was not written by a task built "
                               f"by cbsa-dense (LightningCLI); load it with the task class's "
@@ -38,26 +69,41 @@ def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -
     if not class_path.startswith("cbsa_dense."):
         raise CheckpointError(f"{path} holds a {class_path}; only cbsa_dense tasks load by name (import your "
                               f"own task module and use its load_from_checkpoint)")
-    importlib.import_module(class_path.rpartition(".")[0])     # Lightning only builds imported classes
-    if "model" in hparams and "encoder" not in hparams:
-        task = _load_first_release(checkpoint, map_location)
-    else:
-        task = LightningModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    task.eval()
-    return task
+    module, _, name = class_path.rpartition(".")
+    task_class = getattr(importlib.import_module(module), name)
 
-
-def _load_first_release(checkpoint: dict, map_location) -> LightningModule:
-    """A segmentation checkpoint of 0.1 (``model: Segmentor(...)`` hyper-parameters): the task is built from
-    the same config in this release's layout (:func:`~cbsa_dense.models.checkpoint.task_hparams`); the
-    state-dict keys did not change."""
+    accepted = inspect.signature(task_class).parameters
+    config = {k: v for k, v in hparams.items() if k != "_instantiator"}
+    protocol = {k: v for k, v in stored_eval_args(checkpoint).items() if k in accepted}
+    config.update({k: v for k, v in protocol.items() if config.get(k) is None})
+    config.update(overrides or {})
     from lightning.pytorch.cli import instantiate_module
 
-    from cbsa_dense.models.checkpoint import task_hparams
+    try:
+        task = instantiate_module(LightningModule, config)
+    except Exception as error:        # jsonargparse wraps a constructor's error (raise ... from) in its own
+        cause = _user_error_in_chain(error)
+        if cause is not None:
+            raise cause from error
+        from cbsa_dense.cli_checks import condense_parse_error
 
-    config = {k: v for k, v in task_hparams(checkpoint).items() if k != "_instantiator"}
-    task = instantiate_module(LightningModule, config)
+        detail = condense_parse_error(str(error)).removesuffix("; see --help for the accepted options")
+        raise CheckpointError(f"the task config stored in {path} does not build a {name}: "
+                              f"{detail.replace('--module.init_args.', 'hyper_parameters ')}") from error
     task.on_load_checkpoint(checkpoint)
     state = {k: v.to(map_location) if hasattr(v, "to") else v for k, v in checkpoint["state_dict"].items()}
-    task.load_state_dict(state)
-    return task
+    task.load_state_dict(state, strict=strict)
+    used = {k: ("override" if k in (overrides or {}) else "checkpoint") for k in protocol}
+    if used:
+        log.info("%s: evaluation protocol %s", path, ", ".join(f"{k} from the {v}" for k, v in used.items()))
+    return task.to(map_location)
+
+
+def _user_error_in_chain(error: BaseException) -> UserError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None

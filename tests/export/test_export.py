@@ -33,12 +33,13 @@ def test_export_segmentation_checkpoint_with_parity(seg_ckpt, tmp_path, capsys, 
 
 def test_parity_failure_is_reported(seg_ckpt, tmp_path, capsys, monkeypatch):
     import cbsa_dense.export
+    from cbsa_dense.export.exporter import ParityError
 
-    with pytest.raises(ValueError, match="parity check failed"):
+    with pytest.raises(ParityError, match="parity check failed"):
         export_checkpoint(seg_ckpt, tmp_path / "m.pt", "torchscript", (32, 32), tolerance=-1.0)
 
     def failing(*args, **kwargs):
-        raise ValueError("export parity check failed for m2.pt: max |lightning - torchscript| = 0.1 > tolerance 0")
+        raise ParityError("export parity check failed for m2.pt: max |lightning - torchscript| = 0.1 > tolerance 0")
 
     monkeypatch.setattr(cbsa_dense.export, "export_checkpoint", failing)     # the command's report of a failure
     assert main(["export", "--ckpt_path", str(seg_ckpt), "--format", "torchscript", "--output",

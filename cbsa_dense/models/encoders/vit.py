@@ -104,6 +104,11 @@ class ViTEncoder(TokenEncoder):
          init_values, norm_eps) = (base[k] if v is None else v for k, v in given.items())
         super().__init__()
         self.arch = arch
+        self._resolved = {"img_size": list(img_size) if isinstance(img_size, (tuple, list)) else img_size,
+                          "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
+                          "mlp_ratio": float(mlp_ratio), "class_token": class_token, "reg_tokens": reg_tokens,
+                          "no_embed_class": no_embed_class, "init_values": init_values or None,
+                          "norm_eps": float(norm_eps)}
         alt = {i if i >= 0 else depth + i for i in alt_attn_blocks}
         if alt and (alt_attn_layer is None or not alt <= set(range(depth))):
             raise ConfigError(f"alt_attn_blocks={list(alt_attn_blocks)} needs alt_attn_layer and block indices "
@@ -128,6 +133,16 @@ class ViTEncoder(TokenEncoder):
                 reset()
         if pretrained:
             self.load_pretrained(pretrained, strict=pretrained_strict)
+
+    def stored_args(self) -> dict:
+        """Constructor arguments that rebuild this encoder's architecture without timm and without files.
+
+        The architecture arguments as resolved (those an ``arch`` filled in from timm's definition made
+        explicit, ``arch`` itself ``None``) and ``pretrained=None``: a checkpoint stores these in place of
+        the training config's (:meth:`~cbsa_dense.tasks.base.BaseTask.on_save_checkpoint`), so it builds the
+        same model under another timm version, and its weights come from its own state dict.
+        """
+        return {"arch": None, **self._resolved, "pretrained": None}
 
     def load_pretrained(self, source: str, strict: bool = True) -> LoadReport:
         """Load timm ViT weights (file path or timm model name), adapted by :func:`adapt_timm_state_dict`.
