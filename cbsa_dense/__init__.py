@@ -9,6 +9,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
+    if name == "load":                  # cbsa_dense.load("last.ckpt"): a predictor (cbsa_dense.predictor)
+        from cbsa_dense.predictor import load
+
+        return load
     if name in ("load_official_checkpoint", "load_cbt_checkpoint"):
         from cbsa_dense.models import official
 

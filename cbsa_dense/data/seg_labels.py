@@ -7,6 +7,7 @@ another ignore value, RGB palette masks); :func:`to_annotation` converts predict
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import warnings
@@ -135,8 +136,10 @@ def _to_uint8(img: Image.Image, path: str | Path) -> np.ndarray:
     return np.rint(scaled).clip(0, 255).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path | Image.Image) -> np.ndarray:
     """Read an image as a viewer shows it: RGB uint8 (H, W, 3). The one image reader of the package.
+
+    ``path`` may also be an opened PIL image (converted the same way; it is left open).
 
     - EXIF ``Orientation`` is applied (as ``PIL.ImageOps.exif_transpose`` does), so a phone photo stored
       sideways comes out upright, as its annotation was drawn.
@@ -158,9 +161,12 @@ def read_image(path: str | Path) -> np.ndarray:
             more pixels than PIL's decompression-bomb limit, or its float pixels are NaN/inf; the message
             names the file.
     """
-    img = _open(path, "image")
+    given = isinstance(path, Image.Image)
+    img = path if given else _open(path, "image")
+    if given:
+        path = f"<PIL image {img.mode} {img.width}x{img.height}>"
     try:
-        with img:
+        with contextlib.nullcontext(img) if given else img:
             img = _displayed(img)
             if img.mode in ("I", "F") or img.mode.startswith("I;16"):
                 gray = _to_uint8(img, path)
