@@ -28,6 +28,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cbsa_dense.commands.export", "export a checkpoint to ONNX or TorchScript"),
     "explain": ("cbsa_dense.commands.explain", "visualize CBSA extraction maps of a checkpoint"),
     "configs": ("cbsa_dense.commands.configs", "list the shipped configs, or copy one out for editing"),
+    "linearize": ("cbsa_dense.commands.linearize", "match a CBSA encoder to its pretrained softmax attention"),
 }
 
 

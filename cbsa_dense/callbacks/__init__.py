@@ -1,5 +1,6 @@
 """Lightning callbacks of the project."""
 
+from cbsa_dense.callbacks.attention_transfer import AttentionTransfer
 from cbsa_dense.callbacks.compile import CompileEncoder
 from cbsa_dense.callbacks.exact_resume import ExactResume
 from cbsa_dense.callbacks.explain import ExplainCallback
@@ -8,5 +9,5 @@ from cbsa_dense.callbacks.prediction_images import PredictionImages
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
 from cbsa_dense.callbacks.task_checkpoint import TaskCheckpoint
 
-__all__ = ["CompileEncoder", "ExactResume", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError",
+__all__ = ["AttentionTransfer", "CompileEncoder", "ExactResume", "ExplainCallback", "FiniteLossCheck", "NonFiniteLossError",
            "PredictionImages", "PreemptionCheckpoint", "TaskCheckpoint"]

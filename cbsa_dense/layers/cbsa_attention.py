@@ -197,6 +197,11 @@ class CBSAAttention(TokenMixer):
             tokens (CLS included, last patch excluded) instead of the patch tokens; for importing its
             checkpoints only.
         proj_drop: dropout after the output projection.
+        local_kernel: **not in the paper** (opt-in): side of a depthwise convolution over the patch tokens'
+            values (``local``, Agent Attention's DWC term), added to every patch token's output before
+            ``proj``. Zero-initialized, so the layer starts as the paper's; linear cost (``k*k*N*D``
+            MACs). It gives the layer the local detail that m pooled representatives cannot carry (the
+            early blocks of a pretrained ViT attend very locally). ``0`` (default) = off.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None,
@@ -204,7 +209,7 @@ class CBSAAttention(TokenMixer):
                  broadcast: Literal["transpose", "query"] = "transpose", tied_output: bool = False,
                  qkv_bias: bool | None = None, proj_bias: bool = True,
                  step_init: float | tuple[float, float] | Literal["normal"] | None = None,
-                 legacy_shifted_grid: bool = False, proj_drop: float = 0.0) -> None:
+                 legacy_shifted_grid: bool = False, proj_drop: float = 0.0, local_kernel: int = 0) -> None:
         super().__init__()
         if variant not in ("shared", "qkv"):
             raise ConfigError(f"variant must be 'shared' or 'qkv', got {variant!r}")
@@ -220,6 +225,11 @@ class CBSAAttention(TokenMixer):
                              f"{step_init!r}")
         if grid is None and broadcast == "query":
             raise ConfigError("broadcast='query' needs pooled representatives (grid is None)")
+        if not isinstance(local_kernel, int) or local_kernel < 0 or (local_kernel and local_kernel % 2 == 0):
+            raise ConfigError(f"local_kernel must be 0 (off) or an odd positive int, got {local_kernel!r}")
+        if grid is None and local_kernel:
+            raise ConfigError("local_kernel needs pooled representatives (grid is None: the layer is already "
+                              "full softmax attention)")
         self.num_heads = num_heads
         self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
         self.inner_dim = num_heads * self.head_dim
@@ -242,6 +252,14 @@ class CBSAAttention(TokenMixer):
         self.step_init = step_init
         self.proj = None if tied_output else nn.Linear(self.inner_dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.local_kernel = local_kernel
+        if local_kernel:
+            self.local = nn.Conv2d(self.inner_dim, self.inner_dim, local_kernel, padding=local_kernel // 2,
+                                   groups=self.inner_dim)
+            nn.init.zeros_(self.local.weight)
+            nn.init.zeros_(self.local.bias)
+        else:
+            self.register_module("local", None)
         self.reset_step_sizes()
 
     def reset_step_sizes(self) -> None:
@@ -262,7 +280,8 @@ class CBSAAttention(TokenMixer):
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid}, variant={self.variant}, "
                 f"broadcast={self.broadcast}, tied_output={self.tied_output}, "
-                f"legacy_shifted_grid={self.legacy_shifted_grid}")
+                f"legacy_shifted_grid={self.legacy_shifted_grid}"
+                + (f", local_kernel={self.local_kernel}" if self.local_kernel else ""))
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, h, N, p) as a view."""
@@ -323,10 +342,23 @@ class CBSAAttention(TokenMixer):
         if self.broadcast == "query":
             qh = self._split_heads(q)
             out = F.scaled_dot_product_attention(qh, reps0.to(qh.dtype), gathered, scale=self.scale)
-            return self._merge(out), extraction
-        reps = reps0 + self.step_rep * gathered
-        contracted = F.scaled_dot_product_attention(reps, reps, reps, scale=self.scale)  # (B, h, m, p)
-        return self._broadcast(extraction, self.step_x * contracted), extraction
+            out = self._merge(out)
+        else:
+            reps = reps0 + self.step_rep * gathered
+            contracted = F.scaled_dot_product_attention(reps, reps, reps, scale=self.scale)  # (B, h, m, p)
+            out = self._broadcast(extraction, self.step_x * contracted)
+        if self.local is not None:
+            out = out + self.proj_drop(self._local_term(v, grid, num_prefix_tokens) @ self._output_weight())
+        return out, extraction
+
+    def _local_term(self, v: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        """The opt-in depthwise term (B, N, D): ``local`` over the patch tokens' values, zero elsewhere."""
+        b, n, d = v.shape
+        h, w = grid
+        start = num_prefix_tokens
+        image = v[:, start:start + h * w].unflatten(1, (h, w)).permute(0, 3, 1, 2)   # (B, D, H, W)
+        local = self.local(image).flatten(2).transpose(1, 2)                          # (B, H*W, D)
+        return F.pad(local, (0, 0, start, n - start - h * w))
 
     def _output_weight(self) -> torch.Tensor:
         """The output projection as a (D, dim) matrix: ``proj.weight^T``, or ``qkv.weight`` when tied."""

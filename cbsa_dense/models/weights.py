@@ -32,7 +32,7 @@ from cbsa_dense.models.checkpoint import (
 
 #: Encoder parameters that encoder weights may lack (they start fresh): CBSA step sizes (absent from
 #: softmax ViT checkpoints) and a classification head.
-FRESH_ENCODER_KEYS = ("blocks.*.attn.step_x", "blocks.*.attn.step_rep", "head.*")
+FRESH_ENCODER_KEYS = ("blocks.*.attn.step_x", "blocks.*.attn.step_rep", "blocks.*.attn.local.*", "head.*")
 
 #: What :func:`map_weights` recognizes; the first three go to the encoder only.
 ENCODER_KINDS = ("cbt", "timm", "encoder")

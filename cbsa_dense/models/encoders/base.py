@@ -123,11 +123,15 @@ class TokenEncoder(Encoder):
             return torch.cat([*tokens, x + pos], dim=1)
         return torch.cat([*tokens, x], dim=1) + pos
 
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The first block's input: patch tokens with position embeddings and prefix tokens (B, N, C),
+        and the patch grid (H, W)."""
+        x = self.patch_embed(images)
+        return self._pos_embed(x), (x.shape[1], x.shape[2])
+
     def forward_tokens(self, images: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Run the blocks; returns the token sequences (B, N, C) at ``out_indices`` and the grid."""
-        x = self.patch_embed(images)
-        grid = (x.shape[1], x.shape[2])
-        x = self._pos_embed(x)
+        x, grid = self.embed(images)
         outputs = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 #: File suffixes that make ``pretrained`` a path (a missing one is an error, not a timm model name).
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
+#: Parameters that a CBSA encoder adds to a softmax ViT: absent from its weights, they start fresh (the step
+#: sizes; the opt-in local term, zero-initialized).
+FRESH_ATTENTION_KEYS = ("blocks.*.attn.step_x", "blocks.*.attn.step_rep", "blocks.*.attn.local.*")
+
 #: timm ViT keys that an encoder has no use for (classification head and pooling norm).
 _HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.", "attn_pool.")
 
@@ -160,7 +164,7 @@ class ViTEncoder(TokenEncoder):
                 raise ConfigError(f"pretrained={source!r} is neither an existing file nor a timm model name "
                                  f"whose weights could be fetched ({err})") from err
         return load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source), strict=strict,
-                             may_reinit=("blocks.*.attn.step_x", "blocks.*.attn.step_rep"),
+                             may_reinit=FRESH_ATTENTION_KEYS,
                              opt_out="pretrained_strict: false on the encoder")
 
 

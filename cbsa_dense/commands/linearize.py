@@ -1,0 +1,98 @@
+"""``cbsa-dense linearize``: turn a pretrained softmax ViT's attention into CBSA that reproduces it.
+
+Builds the model and data of a training config (any ``fit`` option works: ``--config``, ``--data...``,
+``--model...``), matches each CBSA block of the encoder to the softmax attention of the weights it was
+loaded with, on the training images (labels unused), and writes the encoder's weights (timm names plus
+the CBSA step sizes and local terms) to a file that ``encoder.init_args.pretrained`` accepts::
+
+    cbsa-dense linearize --config finetune_cpu.yaml --data.init_args.root my_data \\
+        --model.init_args.encoder.init_args.pretrained dinov2_vits14.safetensors --out enc_cbsa.safetensors
+    cbsa-dense fit --config finetune_cpu.yaml --data.init_args.root my_data \\
+        --model.init_args.encoder.init_args.pretrained enc_cbsa.safetensors --trainer.callbacks+=...
+
+The transfer settings are those of the config's ``AttentionTransfer`` callback when it lists one, else
+the defaults; the flags below override them. ``--diagnose-only`` prints the per-block errors against the
+softmax teacher (at the training crop and at twice its size) and changes nothing: a check of how far a
+CBSA encoder is from the softmax model it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cbsa_dense.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cbsa-dense linearize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("--out", default=None, help="encoder weights file to write (.safetensors)")
+    p.add_argument("--report", default=None, help="also write the before/after report here (JSON)")
+    p.add_argument("--diagnose-only", action="store_true", help="only print the per-block errors; write nothing")
+    p.add_argument("--steps", type=int, default=None, help="transfer steps (0 = calibration only)")
+    p.add_argument("--train", nargs="+", default=None, choices=("step_sizes", "local", "qk"),
+                   help="what the transfer trains")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="closed-form step sizes first")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    return p
+
+
+def _settings(trainer, args: argparse.Namespace):
+    from dataclasses import replace
+
+    from cbsa_dense.callbacks.attention_transfer import AttentionTransfer
+    from cbsa_dense.linearize.run import LinearizeSettings
+
+    configured = [c for c in trainer.callbacks if isinstance(c, AttentionTransfer)]
+    settings = configured[0].settings if configured else LinearizeSettings()
+    changes = {k: v for k, v in (("steps", args.steps), ("calibrate", args.calibrate),
+                                 ("train", tuple(args.train) if args.train else None)) if v is not None}
+    settings = replace(settings, **changes)
+    settings.check()
+    return settings
+
+
+def main(argv: list[str]) -> int:
+    args, rest = build_parser().parse_known_args(argv)
+    if not args.diagnose_only and not args.out:
+        raise ConfigError("cbsa-dense linearize: give --out FILE.safetensors (or --diagnose-only)")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        from cbsa_dense.cli_checks import check_writable
+
+        if out.suffix != ".safetensors":
+            raise ConfigError(f"--out {out}: write a .safetensors file")
+        if out.exists() and not args.force:
+            raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
+        check_writable(out.parent, "--out")
+    if any(a.startswith("--ckpt_path") for a in rest):
+        raise ConfigError("cbsa-dense linearize takes a training config (--config ...), not --ckpt_path")
+
+    from cbsa_dense.lightning_cli import CBSADenseCLI
+    from cbsa_dense.linearize.run import linearize_encoder
+
+    cli = CBSADenseCLI(args=rest, run=False)
+    encoder = getattr(getattr(cli.model, "model", None), "encoder", None)
+    if encoder is None:
+        raise ConfigError(f"cbsa-dense linearize needs a task with an encoder, not {type(cli.model).__name__}")
+    if getattr(cli.model, "weights", None):
+        cli.model.load_weights(cli.model.weights)
+    settings = _settings(cli.trainer, args)
+    cli.datamodule.setup("fit")
+    report = linearize_encoder(encoder, cli.datamodule.train_dataloader(), settings,
+                               progress=sys.stderr.isatty(), diagnose_only=args.diagnose_only)
+    print(report.text())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=1))
+    if out is not None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
+        save_file(state, str(out), metadata={"format": "pt", "written_by": "cbsa-dense linearize"})
+        print(f"wrote {out} ({len(state)} tensors): use it as --model.init_args.encoder.init_args.pretrained, "
+              "without the AttentionTransfer callback")
+    return 0

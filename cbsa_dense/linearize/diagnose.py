@@ -1,0 +1,85 @@
+"""How far a CBSA encoder's attention is from its softmax teacher's, block by block (forward only).
+
+Per CBSA block, teacher-forced (the block gets the teacher's own input): the relative squared error
+``||y - t||^2 / ||t||^2`` of the LayerScale-weighted attention outputs (``y`` CBSA, ``t`` softmax; 1.0 is
+as far off as returning zeros; the attention transfer's loss), the norm ratio ``||y|| / ||t||`` and the cosine of ``y`` and ``t`` (each
+flattened per image, averaged over images). End to end, running free: the mean per-token cosine of the
+final features to the teacher's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from cbsa_dense.linearize.teacher import final_features, student_output, teacher_targets
+from cbsa_dense.models.encoders.base import TokenEncoder
+
+
+@dataclass
+class BlockStats:
+    block: int
+    rel_error: float
+    norm_ratio: float
+    cosine: float
+
+
+@dataclass
+class Diagnosis:
+    """Per-block teacher-forced statistics and the final-feature cosine, at one input size."""
+
+    size: tuple[int, int]
+    images: int
+    blocks: list[BlockStats] = field(default_factory=list)
+    final_cosine: float = float("nan")
+
+    def mean_error(self) -> float:
+        return sum(b.rel_error for b in self.blocks) / max(len(self.blocks), 1)
+
+    def table(self, title: str = "") -> str:
+        """A plain-text table, one row per block, then the mean and the final-feature cosine."""
+        head = f"{title + ': ' if title else ''}{self.images} crops of {self.size[0]}x{self.size[1]}"
+        lines = [head, f"{'block':>5}  {'rel.error':>9}  {'norm ratio':>10}  {'cosine':>6}"]
+        lines += [f"{b.block:>5}  {b.rel_error:>9.3f}  {b.norm_ratio:>10.3f}  {b.cosine:>6.3f}" for b in self.blocks]
+        lines.append(f"{'mean':>5}  {self.mean_error():>9.3f}")
+        lines.append(f"final-feature cosine to the softmax teacher: {self.final_cosine:.3f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def diagnose(student: TokenEncoder, teacher: TokenEncoder, blocks: list[int],
+             batches: Iterable[torch.Tensor]) -> Diagnosis:
+    """Compare ``student``'s CBSA blocks (indices ``blocks``) with ``teacher`` on image ``batches``
+    ((B, 3, H, W) normalized float tensors, all of one size)."""
+    was_training = student.training
+    student.eval()
+    sums = {i: torch.zeros(4, dtype=torch.float64) for i in blocks}   # err^2, target^2, output^2, cosine sum
+    final_cos, count, size = 0.0, 0, (0, 0)
+    for images in batches:
+        size = tuple(images.shape[-2:])
+        targets, grid, teacher_final = teacher_targets(teacher, images, blocks)
+        for i in blocks:
+            out = student_output(student, i, targets[i], grid).flatten(1).double()
+            target = targets[i].target.flatten(1).double()
+            sums[i] += torch.stack([(out - target).square().sum(), target.square().sum(), out.square().sum(),
+                                    F.cosine_similarity(out, target, dim=1).sum()])
+        final = final_features(student, images)
+        final_cos += F.cosine_similarity(final, teacher_final, dim=-1).mean(dim=1).sum().item()
+        count += images.shape[0]
+    student.train(was_training)
+    report = Diagnosis(size=size, images=count, final_cosine=final_cos / max(count, 1))
+    for i in blocks:
+        err2, target2, out2, cos = sums[i].tolist()
+        report.blocks.append(BlockStats(i, err2 / target2, (out2 / target2) ** 0.5, cos / count))
+    return report
+
+
+def reports_json(reports: dict[str, Diagnosis]) -> str:
+    return json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=1)
