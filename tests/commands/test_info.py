@@ -11,9 +11,21 @@ from cbsa_dense.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-# name: (encoder width, decoder layers, crop, the paper's decoder GFLOPs)
-PAPER = {"tiny": (192, 3, 512, 1.5), "small": (384, 3, 512, 2.3), "base": (768, 6, 512, 7.8),
-         "large": (1024, 9, 640, 22.3)}
+# The paper's decoder FLOPs (cbsa-method.md, sections 3 and 5), worked out by hand, not by the code under test.
+# A CBT decoder layer runs CBSA on n = patches + 150 class tokens of width d, with 3 heads x 100 (D = 300) and
+# m = 10 x 10 = 100 representatives: MACs = 2*n*d*D + 3*m*n*D + 2*m^2*D; FLOPs = 2 x MACs.
+#   tiny  (d 192, crop 512: 32x32 + 150 = 1174 tokens, 3 layers):
+#         135,244,800 + 105,660,000 + 6,000,000 = 246,904,800 MACs a layer -> 1,481,428,800 FLOPs
+#   small (d 384, 1174 tokens, 3 layers): 270,489,600 + 105,660,000 + 6,000,000 = 382,149,600 -> 2,292,897,600
+#   base  (d 768, 1174 tokens, 6 layers): 540,979,200 + 105,660,000 + 6,000,000 = 652,639,200 -> 7,831,670,400
+#   large (d 1024, crop 640: 40x40 + 150 = 1750 tokens, 9 layers):
+#         1,075,200,000 + 157,500,000 + 6,000,000 = 1,238,700,000 -> 22,296,600,000
+# The final mask product (patches . classes^T, outside the decoder layers): 2 x patches x d x 150 FLOPs.
+# name: (crop, decoder FLOPs, mask-product FLOPs, the paper's decoder GFLOPs)
+PAPER = {"tiny": (512, 1_481_428_800, 2 * 1024 * 192 * 150, 1.5),
+         "small": (512, 2_292_897_600, 2 * 1024 * 384 * 150, 2.3),
+         "base": (512, 7_831_670_400, 2 * 1024 * 768 * 150, 7.8),
+         "large": (640, 22_296_600_000, 2 * 1600 * 1024 * 150, 22.3)}
 
 
 def info(capsys, *args: str) -> dict:
@@ -23,16 +35,27 @@ def info(capsys, *args: str) -> dict:
 
 @pytest.mark.parametrize("name", list(PAPER))
 def test_paper_configs_decoder_gflops(capsys, name):
-    d, layers, crop, paper = PAPER[name]
+    crop, decoder_flops, mask_flops, paper = PAPER[name]
     out = info(capsys, "--config", str(CONFIGS / "paper" / f"ade20k_cbt_{name}.yaml"))
     assert out["image_size"] == [crop, crop]
-    n = (crop // 16) ** 2 + 150
-    formula = 2 * layers * (2 * n * d * 300 + 3 * 100 * n * 300 + 2 * 100 ** 2 * 300) / 1e9   # spec, section 5
-    assert out["head_gflops"] == pytest.approx(formula, rel=1e-9)
+    assert out["head_gflops"] == pytest.approx(decoder_flops / 1e9, rel=1e-9)
     assert round(out["head_gflops"], 1) == paper
-    assert out["head_gflops_total"] > out["head_gflops"]          # + the final patch-class product
+    assert out["head_gflops_total"] - out["head_gflops"] == pytest.approx(mask_flops / 1e9, rel=1e-6)
     assert out["gflops"] == pytest.approx(out["encoder_gflops"] + out["head_gflops_total"], rel=1e-9)
     assert out["params"] == out["encoder_params"] + out["head_params"]
+
+
+def test_paper_small_encoder_by_hand(capsys):
+    """The softmax ViT-S/16 encoder of CBT-S at 512 x 512, counted by hand (cbsa-method.md section 3: MHSA
+    4*N*d*D + 2*N^2*D MACs; the MLP 2 x N*d*4d; the patch embedding a 16x16x3 -> 384 product per patch).
+    N = 1 + 32*32 = 1025 tokens, d = D = 384, 12 blocks:
+      attention 604,569,600 + 806,880,000, MLP 1,209,139,200 = 2,620,588,800 MACs a block, x 12;
+      + patch embedding 1024 x 768 x 384 = 301,989,888 -> 31,749,055,488 MACs = 63,498,110,976 FLOPs.
+    Parameters: patch embedding 295,296, CLS 384, position 1025 x 384 = 393,600, blocks 12 x 1,774,464
+    (2 norms 1,536, qkv 443,520, proj 147,840, fc1 591,360, fc2 590,208), final norm 768 -> 21,983,616."""
+    out = info(capsys, "--config", str(CONFIGS / "paper" / "ade20k_cbt_small.yaml"))
+    assert out["encoder_gflops"] == pytest.approx(63_498_110_976 / 1e9, rel=1e-9)
+    assert out["encoder_params"] == 21_983_616
 
 
 def test_other_seg_configs_and_image_size(capsys):
