@@ -18,8 +18,8 @@ class AttentionTransfer(Callback):
     softmax attention of the pretrained weights it was loaded with (:mod:`cbsa_dense.linearize`), on the
     run's own training crops (labels unused), then train as usual.
 
-    Runs once: it is skipped when ``fit`` resumes (``--ckpt_path``) and when the checkpoint it starts from
-    says that it ran. The teacher is built from the encoder's own ``qkv``/``proj`` weights at that moment
+    Runs once: it is skipped when ``fit`` resumes (``--ckpt_path``), when the checkpoint it starts from
+    says that it ran, and when the encoder's ``pretrained`` file was written by ``cbsa-dense linearize``. The teacher is built from the encoder's own ``qkv``/``proj`` weights at that moment
     (no file is read), so the encoder must hold pretrained softmax-ViT weights: ``pretrained`` on the
     encoder, or the task's ``weights``. The diagnosis before and after (per-block relative error of the
     attention output to the teacher's, at the training crop and at twice its size) is printed and written
@@ -67,6 +67,11 @@ class AttentionTransfer(Callback):
         datamodule = trainer.datamodule
         if datamodule is None:
             raise ConfigError("AttentionTransfer needs a datamodule (its training images are the transfer's data)")
+        if getattr(encoder, "linearized", False):
+            rank_zero_info("attention transfer: skipped (the encoder's pretrained file was written by "
+                           "cbsa-dense linearize: its attention is already matched)")
+            self.done = True
+            return
         report = linearize_encoder(encoder, datamodule.train_dataloader(), self.settings,
                                    progress=trainer.progress_bar_callback is not None)
         if trainer.world_size > 1:

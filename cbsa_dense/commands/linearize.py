@@ -3,12 +3,13 @@
 Builds the model and data of a training config (any ``fit`` option works: ``--config``, ``--data...``,
 ``--model...``), matches each CBSA block of the encoder to the softmax attention of the weights it was
 loaded with, on the training images (labels unused), and writes the encoder's weights (timm names plus
-the CBSA step sizes and local terms) to a file that ``encoder.init_args.pretrained`` accepts::
+the CBSA step sizes and local terms, and a marker that makes the config's ``AttentionTransfer`` callback
+skip itself) to a file that ``encoder.init_args.pretrained`` accepts::
 
     cbsa-dense linearize --config finetune_cpu.yaml --data.init_args.root my_data \\
         --model.init_args.encoder.init_args.pretrained dinov2_vits14.safetensors --out enc_cbsa.safetensors
     cbsa-dense fit --config finetune_cpu.yaml --data.init_args.root my_data \\
-        --model.init_args.encoder.init_args.pretrained enc_cbsa.safetensors --trainer.callbacks+=...
+        --model.init_args.encoder.init_args.pretrained enc_cbsa.safetensors
 
 The transfer settings are those of the config's ``AttentionTransfer`` callback when it lists one, else
 the defaults; the flags below override them. ``--diagnose-only`` prints the per-block errors against the
@@ -89,10 +90,14 @@ def main(argv: list[str]) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=1))
     if out is not None:
+        import torch
         from safetensors.torch import save_file
 
+        from cbsa_dense.models.encoders.vit import LINEARIZED_KEY
+
         state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
+        state[LINEARIZED_KEY] = torch.ones(())
         save_file(state, str(out), metadata={"format": "pt", "written_by": "cbsa-dense linearize"})
-        print(f"wrote {out} ({len(state)} tensors): use it as --model.init_args.encoder.init_args.pretrained, "
-              "without the AttentionTransfer callback")
+        print(f"wrote {out} ({len(state) - 1} tensors): use it as --model.init_args.encoder.init_args.pretrained "
+              "(an AttentionTransfer callback in the config then skips itself)")
     return 0

@@ -213,6 +213,11 @@ def test_linearize_command_writes_weights_that_pretrained_accepts(tiny_data, tmp
                          init_values=1.0,
                          attn_layer=partial(CBSAAttention, grid=(2, 2), variant="qkv"), pretrained=str(out))
     assert torch.equal(encoder.blocks[1].attn.step_x, state["blocks.1.attn.step_x"])
+    assert encoder.linearized                   # marked: a config's AttentionTransfer skips itself
+    softmax_start = ViTEncoder(arch="vit_small_patch14_dinov2", img_size=28, embed_dim=32, depth=2, num_heads=2,
+                               init_values=1.0, attn_layer=partial(CBSAAttention, grid=(2, 2), variant="qkv"),
+                               pretrained=str(weights))
+    assert not softmax_start.linearized
     # Errors are one line: the shared variant cannot take softmax weights; no --out.
     assert main(["linearize", *_finetune_args(root, tmp_path), "--diagnose-only",
                  f"{enc}attn_layer.init_args.variant", "shared"]) == 2

@@ -28,6 +28,9 @@ _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 #: sizes; the opt-in local term, zero-initialized).
 FRESH_ATTENTION_KEYS = ("blocks.*.attn.step_x", "blocks.*.attn.step_rep", "blocks.*.attn.local.*")
 
+#: Marker tensor of encoder files written by ``cbsa-dense linearize`` (read and removed by ``load_pretrained``).
+LINEARIZED_KEY = "cbsa_dense.linearized"
+
 #: timm ViT keys that an encoder has no use for (classification head and pooling norm).
 _HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.", "attn_pool.")
 
@@ -108,6 +111,7 @@ class ViTEncoder(TokenEncoder):
          init_values, norm_eps) = (base[k] if v is None else v for k, v in given.items())
         super().__init__()
         self.arch = arch
+        self.linearized = False                 # set by load_pretrained (a ``cbsa-dense linearize`` file)
         self._resolved = {"img_size": list(img_size) if isinstance(img_size, (tuple, list)) else img_size,
                           "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
                           "mlp_ratio": float(mlp_ratio), "class_token": class_token, "reg_tokens": reg_tokens,
@@ -163,6 +167,9 @@ class ViTEncoder(TokenEncoder):
             except Exception as err:
                 raise ConfigError(f"pretrained={source!r} is neither an existing file nor a timm model name "
                                  f"whose weights could be fetched ({err})") from err
+        # A file written by ``cbsa-dense linearize`` holds attention already matched to its softmax teacher:
+        # the AttentionTransfer callback must not run again on it (its teacher would be the changed q/k).
+        self.linearized = state_dict.pop(LINEARIZED_KEY, None) is not None
         return load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source), strict=strict,
                              may_reinit=FRESH_ATTENTION_KEYS,
                              opt_out="pretrained_strict: false on the encoder")
