@@ -123,7 +123,7 @@ def _run(argv: list[str], from_console: bool, overwrite: bool = False) -> int:
 
 
 #: Names that moved to :mod:`cbsa_dense.lightning_cli` (imported from here on first use).
-_LIGHTNING_NAMES = ("CBSADenseCLI", "register_short_names", "_model_from_checkpoint", "_routed_option_message")
+_LIGHTNING_NAMES = ("CBSADenseCLI", "register_short_names", "_routed_option_message")
 
 
 def __getattr__(name: str):

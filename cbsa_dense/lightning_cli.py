@@ -8,9 +8,9 @@ and the other plain commands start without importing Lightning.
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +19,16 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
-from cbsa_dense.cli_checks import apply_eval_protocol, check_writable, condense_parse_error, drop_weight_files
-from cbsa_dense.config_files import compose_config_args, config_error_context, config_mapping, config_values
+from cbsa_dense.cli_checks import check_writable, condense_parse_error
+from cbsa_dense.config_files import compose_config_args, config_error_context
 from cbsa_dense.errors import ConfigError, OutputError
+from cbsa_dense.stored_run import (
+    ServedCheckpointIO,
+    StoredRun,
+    apply_eval_settings,
+    drop_weight_files,
+    prepare_args,
+)
 
 
 class CBSADenseCLI(LightningCLI):
@@ -32,18 +39,26 @@ class CBSADenseCLI(LightningCLI):
     allows it). Every ``fit`` gets a :class:`~cbsa_dense.callbacks.PreemptionCheckpoint`.
     """
 
-    def __init__(self, *args, overwrite: bool = False, model_from_checkpoint: bool = False, **kwargs) -> None:
+    def __init__(self, *args, overwrite: bool = False, stored_run: StoredRun | None = None, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # The optimizer and scheduler are task arguments (--model.init_args.optimizer): the task builds the
         # parameter groups (no decay on norms/biases/step sizes, layer decay) and hands them to it. The
         # top-level --optimizer/--lr_scheduler of LightningCLI would bypass them, so they are not offered.
         kwargs.setdefault("auto_configure_optimizers", False)
+        # Parse errors come back to parse_arguments (main parser and each subcommand's), to be told in one line.
+        parser_kwargs = dict(kwargs.get("parser_kwargs") or {})
+        parser_kwargs.setdefault("exit_on_error", False)
+        for subcommand in ("fit", "validate", "test", "predict"):
+            parser_kwargs[subcommand] = {"exit_on_error": False, **(parser_kwargs.get(subcommand) or {})}
+        kwargs["parser_kwargs"] = parser_kwargs
         if isinstance(kwargs.get("args"), (list, tuple)):       # shipped names and _base_ files, as the entry point
             kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
+            if stored_run is None:                              # --ckpt_path read once, its task config replayed
+                kwargs["args"], stored_run = prepare_args(kwargs["args"])
         self.overwrite = overwrite
-        self._model_from_checkpoint = model_from_checkpoint    # --model is the checkpoint's task config already
+        self._stored = stored_run                   # the --ckpt_path checkpoint (cbsa_dense.stored_run)
+        self._argv = list(kwargs["args"]) if isinstance(kwargs.get("args"), list) else list(sys.argv[1:])
         self._ckpt_num_classes: int | None = None
-        self._checkpoint: dict | None = None        # --ckpt_path, read once (tensors memory-mapped)
         self._configured_num_classes: int | None = None
         self._data_class_name = "?"
         register_short_names()
@@ -71,31 +86,10 @@ class CBSADenseCLI(LightningCLI):
                               "names / annotation files; the task takes its num_classes from the data")
         return int(value)
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning replays the task config stored in ``--ckpt_path`` over the parsed config; this does
-        the same with the stored config in this release's layout and without the arguments linked from the
-        data (``num_classes``), which the data sets again (:func:`~cbsa_dense.models.checkpoint.task_config`).
-        The checkpoint was read (and checked) once, in :meth:`parse_arguments`."""
-        from cbsa_dense.models.checkpoint import stored_num_classes, task_config
-
-        if self._checkpoint is None:
-            return
-        self._ckpt_num_classes = stored_num_classes(self._checkpoint)
-        if self._model_from_checkpoint:
-            return              # given as --model before the other arguments, which override parts of it
-        stored = task_config(self._checkpoint)
-        if stored is None:
-            super()._parse_ckpt_path()             # not a task of this project's CLI: Lightning's own replay
-            return
-        self.config = self.parser.parse_object({self.config.subcommand: {"model": stored}}, self.config)
-
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then check ``--ckpt_path`` before Lightning reads it: right after parsing, Lightning loads
-        it with a bare ``torch.load`` and replaces the configured model with the checkpoint's task. A bad
-        file (missing, a directory, truncated, foreign) or another task's checkpoint fails here, one line.
-        A ``fit``'s ``--model.init_args.weights`` file is checked the same way (before any data setup)."""
-        for each in (parser, *getattr(self, "_subcommand_parsers", {}).values()):
-            each.exit_on_error = False            # parse errors come back here, to be told in one line
+        """Parse, then check that the ``--ckpt_path`` checkpoint (read and checked already: a bad file fails
+        there, one line) holds the task the config builds. A ``fit``'s ``--model.init_args.weights`` file is
+        checked the same way (before any data setup)."""
         for arg in args if args is not None else sys.argv[1:]:
             if isinstance(arg, str) and arg.split("=")[0] in ("--model.init_args.num_classes", "--model.num_classes"):
                 raise ConfigError(f"{arg.split('=')[0]}: num_classes is set by the data (its class names, its json's "
@@ -111,32 +105,40 @@ class CBSADenseCLI(LightningCLI):
             raise ConfigError(condense_parse_error(str(error))) from error
         subcommand = self.config.get("subcommand")
         if subcommand and self.config.get(subcommand) is not None:
-            from cbsa_dense.models.checkpoint import check_ckpt_path, check_weights_path
+            from cbsa_dense.models.checkpoint import check_weights_path
 
             model = self.config[subcommand].get("model")
-            self._checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"),
-                                               getattr(model, "class_path", None), subcommand)
+            if self._stored is not None:
+                self._stored.check_task(getattr(model, "class_path", None), subcommand)
             init_args = getattr(model, "init_args", None)
-            if subcommand == "fit" and not self.config[subcommand].get("ckpt_path") and init_args is not None:
+            resuming = self._stored is not None or self.config[subcommand].get("ckpt_path")
+            if subcommand == "fit" and not resuming and init_args is not None:
                 check_weights_path(init_args.get("weights"), model.class_path, init_args.get("weights_strict", True))
 
     def before_instantiate_classes(self) -> None:
-        """``validate``/``test``/``predict --ckpt_path``: evaluate with the protocol the model was trained
-        and validated with (``checkpoint["eval_protocol"]``) for every part the command line and config
-        leave unset, and say which protocol is used and where each part came from."""
+        """With a ``--ckpt_path`` checkpoint: the path goes back into the config (for Lightning's restore, see
+        :mod:`cbsa_dense.stored_run`), the model's pretrained/weights files are not read (the checkpoint holds
+        the weights), and ``validate``/``test``/``predict`` evaluate with the protocol the model was trained
+        and validated with for every part the command line and config leave unset, saying which protocol is
+        used and where each part came from."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         model_args = getattr(config.get("model"), "init_args", None)
         self._configured_num_classes = model_args.get("num_classes") if model_args is not None else None
         self._data_class_name = str(getattr(config.get("data"), "class_path", "?")).rpartition(".")[2]
-        if self._checkpoint is None:
+        if self._stored is None:
             return
-        drop_weight_files(config)       # the checkpoint holds the weights: pretrained/weights files are not read
+        config["ckpt_path"] = self._stored.path
+        self._ckpt_num_classes = self._stored.num_classes
+        drop_weight_files(config)
         if subcommand in ("validate", "test", "predict"):
-            from cbsa_dense.models.checkpoint import task_config
+            apply_eval_settings(config, self._stored, self._argv)
 
-            apply_eval_protocol(config, self._checkpoint.get("eval_protocol") or {}, config.get("ckpt_path"),
-                                task_config(self._checkpoint))
+    def _serve_checkpoint(self) -> None:
+        """Lightning's restore takes the checkpoint read already instead of reading the file again."""
+        if self._stored is not None:
+            strategy = self.trainer.strategy
+            strategy.checkpoint_io = ServedCheckpointIO(strategy.checkpoint_io, self._stored)
 
     def _check_outputs(self) -> None:
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
@@ -150,6 +152,7 @@ class CBSADenseCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_outputs()
+        self._serve_checkpoint()
         self.trainer.callbacks.append(PreemptionCheckpoint())
 
     def _prepare_evaluation(self) -> None:
@@ -157,8 +160,9 @@ class CBSADenseCLI(LightningCLI):
         from cbsa_dense.eval_runs import prepare_eval_run
 
         prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"),
-                         self._checkpoint)
+                         self._stored.checkpoint if self._stored is not None else None)
         self._check_outputs()
+        self._serve_checkpoint()
 
     def before_validate(self) -> None:
         self._prepare_evaluation()
@@ -197,50 +201,23 @@ def register_short_names() -> None:
         importlib.import_module(module)
 
 
-def _model_from_checkpoint(argv: list[str]) -> list[str]:
-    """Evaluate a checkpoint without repeating the training config.
-
-    For ``validate``/``test``/``predict`` with ``--ckpt_path`` and no ``--model`` (nor a ``--config``
-    that sets one), add ``--model`` with the task config stored in the checkpoint (LightningCLI saves
-    it as hyper-parameters). Only the data config is still needed; ``--model.init_args.*`` arguments
-    still override parts of it (e.g. the evaluation ``inference``).
-    """
-    if not argv or argv[0] not in ("validate", "test", "predict"):
-        return argv
-    if any(a == "--model" or a.startswith(("--model=", "--model.class_path")) for a in argv):
-        return argv                     # a model is given; ``--model.init_args.*`` alone only overrides parts
-    values = dict(zip(argv, argv[1:]))
-    values.update(a.split("=", 1) for a in argv if a.startswith("--ckpt_path="))
-    ckpt = values.get("--ckpt_path")
-    if any("model" in config_mapping(config) for config in config_values(argv)):
-        return argv                     # a config (a file, a shipped name, composed from _base_ files) sets one
-    from cbsa_dense.models.checkpoint import LIGHTNING_CKPT_ALIASES, read_checkpoint, task_config
-
-    if not ckpt or ckpt.split(":")[0] in LIGHTNING_CKPT_ALIASES or "://" in ckpt:
-        return argv
-    stored = task_config(read_checkpoint(ckpt, mmap=True))
-    if stored is None:
-        return argv
-    return [argv[0], "--model", json.dumps(stored), *argv[1:]]
-
-
 def run(argv: list[str], from_console: bool, overwrite: bool = False,
         extra_help: Callable[[], None] = lambda: None) -> int:
     """Run a training subcommand (``argv[0]`` in fit/validate/test/predict, or ``--help``)."""
     # Every --config: a file or a shipped name, a YAML mapping, its _base_ files too (one-line errors naming the
     # file); shipped names -> files, _base_ -> composed YAML text, --trainer presets -> their trainer section.
     argv = compose_config_args(argv)
-    given = argv
-    argv = _model_from_checkpoint(argv)
-    if from_console:                      # LightningCLI warns when both sys.argv and args are given
+    if from_console:                      # DDP ranks re-run the command as given (each reads its --ckpt_path)
         sys.argv[1:] = argv
-    args = None if from_console else argv
     if argv and argv[0] in ("-h", "--help"):
         try:
-            CBSADenseCLI(args=args)
+            CBSADenseCLI(args=None if from_console else argv)
         except SystemExit:
             extra_help()
             raise
-    with config_error_context(argv):      # a parse error names the config (or _base_) file that set the key
-        CBSADenseCLI(args=args, overwrite=overwrite, model_from_checkpoint=argv is not given)
+    parsed, stored = prepare_args(argv)   # --ckpt_path read once; its task config replayed as defaults
+    with config_error_context(parsed), warnings.catch_warnings():   # a parse error names the config file
+        # the parsed arguments differ from sys.argv (the replay), which LightningCLI warns about
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        CBSADenseCLI(args=parsed, overwrite=overwrite, stored_run=stored)
     return 0

@@ -44,14 +44,14 @@ def load(checkpoint: str | Path, device: str | torch.device = "cpu", **overrides
     Raises:
         CheckpointError: the file is missing, unreadable or not a checkpoint of a cbsa_dense task.
     """
-    from cbsa_dense.models.checkpoint import read_checkpoint
+    from cbsa_dense.models.checkpoint import read_checkpoint, stored_data_eval
     from cbsa_dense.tasks.loading import task_from_checkpoint
 
     stored = read_checkpoint(checkpoint, mmap=True)
     task = task_from_checkpoint(stored, checkpoint, device,
                                 overrides={k: v for k, v in overrides.items() if v is not None})
     task.eval()
-    protocol = dict(stored.get("eval_protocol") or {})
+    protocol = stored_data_eval(stored)
     if hasattr(task, "predict_scores"):
         return SegmentationPredictor(task, protocol, device)
     if hasattr(task, "predict_batch"):
@@ -89,6 +89,7 @@ class Predictor:
     """
 
     def __init__(self, task, protocol: dict, device: str | torch.device) -> None:
+        """``protocol``: the data's evaluation settings the checkpoint records (``stored_data_eval``)."""
         from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 
         self.task = task
@@ -153,10 +154,10 @@ class DetectionPredictor(Predictor):
 
     def __init__(self, task, protocol: dict, device: str | torch.device) -> None:
         super().__init__(task, protocol, device)
-        size = protocol.get("image_size") or (task.data_info or {}).get("image_size")
+        size = protocol.get("image_size")
         if size is None:
-            raise CheckpointError("the checkpoint records no detection input size (eval_protocol / data_info "
-                                  "image_size): set predictor.image_size before predicting")
+            raise CheckpointError("the checkpoint records no detection input size (data_info image_size): set "
+                                  "predictor.image_size before predicting")
         self.image_size = int(size)
 
     @property

@@ -4,19 +4,40 @@ import json
 
 import pytest
 
-from cbsa_dense.cli import _model_from_checkpoint, main
+from cbsa_dense.cli import main
+from cbsa_dense.stored_run import prepare_args
 from tests.conftest import ROOT
 
 
-def test_model_config_is_taken_from_the_checkpoint(seg_ckpt):
-    args = _model_from_checkpoint(["test", "--ckpt_path", str(seg_ckpt), "--data", "X"])
+def test_the_stored_task_config_is_replayed_once_as_defaults(seg_ckpt):
+    """The checkpoint is read once; its task config becomes the first --model (the configs and the command line
+    that follow override it) and --ckpt_path goes to the CLI with the read checkpoint, not as an argument."""
+    args, stored = prepare_args(["test", "--config", "demo_seg.yaml", "--ckpt_path", str(seg_ckpt), "--data", "X"])
     model = json.loads(args[2])
-    assert args[1] == "--model" and model["class_path"].endswith(".SegmentationTask")
+    assert args[:2] == ["test", "--model"] and args[3:] == ["--config", "demo_seg.yaml", "--data", "X"]
+    assert stored.path == str(seg_ckpt) and "state_dict" in stored.checkpoint
+    assert model["class_path"].endswith(".SegmentationTask")
     assert model["init_args"]["head"]["class_path"].endswith(".CBTDecoder")
+    assert model["init_args"]["inference"]["init_args"]["window"] == [96, 96]     # evaluation: a stored argument
     assert "num_classes" not in model["init_args"]          # set by the data (linked), not replayed
-    assert _model_from_checkpoint(["fit", "--ckpt_path", str(seg_ckpt)]) == ["fit", "--ckpt_path", str(seg_ckpt)]
-    explicit = ["test", "--ckpt_path", str(seg_ckpt), "--model", "Y"]
-    assert _model_from_checkpoint(explicit) == explicit
+    assert prepare_args(["fit", "--ckpt_path", "last"]) == (["fit", "--ckpt_path", "last"], None)   # Lightning's
+
+
+def test_precedence_command_line_over_config_over_checkpoint(seg_run, seg_ckpt, tmp_path, capsys):
+    """A config that sets only the evaluation (no encoder, no head) builds on the checkpoint's task config, and
+    the command line overrides both."""
+    config = tmp_path / "eval.yaml"
+    config.write_text("model:\n  class_path: SegmentationTask\n  init_args:\n    inference:\n"
+                      "      class_path: SlidingWindowInference\n      init_args: {flip: true, window: [64, 64], "
+                      "stride: [32, 32]}\n")
+    capsys.readouterr()
+    assert main(["test", "--ckpt_path", str(seg_ckpt), "--config", str(config), "--data", "DemoSegDataModule",
+                 "--data.root", str(seg_run / "data"), "--data.num_train", "4", "--data.num_val", "2",
+                 "--model.init_args.inference.init_args.window", "[96, 96]", "--trainer.logger", "false",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert ("inference sliding window 96x96, stride 32x32, scales [1.0], with flip (from the config/command line)"
+            in err), err
 
 
 def test_a_checkpoint_of_the_first_release_is_replayed_in_the_one_assembly_layout(tmp_path):
@@ -30,7 +51,7 @@ def test_a_checkpoint_of_the_first_release_is_replayed_in_the_one_assembly_layou
                         "init_args": {"in_channels": 384, "num_classes": 150, "n_layers": 3}}}},
            "weight_decay": None}
     torch.save({"state_dict": {}, "hyper_parameters": old}, tmp_path / "old.ckpt")
-    args = _model_from_checkpoint(["test", "--ckpt_path", str(tmp_path / "old.ckpt"), "--data", "X"])
+    args, _ = prepare_args(["test", "--ckpt_path", str(tmp_path / "old.ckpt"), "--data", "X"])
     init = json.loads(args[2])["init_args"]
     assert init["encoder"]["init_args"] == {"depth": 1} and "model" not in init and "num_classes" not in init
     assert init["head"] == {"class_path": "cbsa_dense.models.heads.cbt_decoder.CBTDecoder",
@@ -40,11 +61,23 @@ def test_a_checkpoint_of_the_first_release_is_replayed_in_the_one_assembly_layou
     assert stored_num_classes({"hyper_parameters": old}) == 150
 
 
-def test_test_with_only_the_data_config(seg_run, seg_ckpt, tmp_path):
+def test_test_with_only_the_data_config(seg_run, seg_ckpt, tmp_path, monkeypatch):
+    """... and the command reads the checkpoint file once (the replay, the checks and Lightning's restore)."""
+    import torch
+
+    reads = []
+    load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
     main(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.demo_seg.DemoSegDataModule",
           "--data.root", str(seg_run / "data"), "--data.num_train", "4", "--data.num_val", "2",
           "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
           "--trainer.default_root_dir", str(tmp_path)])
+    assert reads.count(str(seg_ckpt)) == 1, reads
     report = json.loads((tmp_path / "test_per_class_iou.json").read_text())
     assert 0.0 <= report["mIoU"] <= 1.0 and len(report["per_class"]) == 6
 
@@ -79,7 +112,9 @@ def test_evaluation_protocol_travels_with_the_checkpoint(seg_run, seg_ckpt, tmp_
     main(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.demo_seg.DemoSegDataModule", *data,  # override
           *common, "--model.init_args.inference", "cbsa_dense.tasks.sliding_window.SlidingWindowInference",
           "--model.init_args.inference.flip", "true", "--trainer.default_root_dir", str(tmp_path / "flip")])
-    assert "inference whole image, scales [1.0], with flip (from the config/command line)" in capsys.readouterr().err
+    # the command line sets flip; the window it leaves unset stays the checkpoint's
+    assert ("inference sliding window 96x96, stride 64x64, scales [1.0], with flip (from the config/command line)"
+            in capsys.readouterr().err)
 
 
 def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path, capsys):

@@ -10,13 +10,14 @@ import pytest
 import yaml
 
 from cbsa_dense import config_files
-from cbsa_dense.cli import _model_from_checkpoint, main
+from cbsa_dense.cli import main
 from cbsa_dense.config_files import (
     BASE_KEY,
     CONFIG_DIR,
     compose_config_args,
     composed_config_arg,
     config_values,
+    dump_config,
     load_config,
     merge_configs,
     parse_yaml,
@@ -257,14 +258,6 @@ def test_unknown_config_name_through_the_cli(capsys):
     assert "demo_sge.yaml does not exist" in line and "demo_seg.yaml" in line, line
 
 
-def test_a_composed_config_with_a_model_keeps_it(tmp_path):
-    child = _write(tmp_path / "child.yaml", "_base_: demo_seg.yaml\n")
-    argv = ["test", "--ckpt_path", str(tmp_path / "x.ckpt"), "--config", str(child)]
-    assert _model_from_checkpoint(argv) == argv                 # the config's model: the checkpoint is not read
-    argv = ["test", "--ckpt_path", str(tmp_path / "x.ckpt"), "--config", "demo_seg"]
-    assert _model_from_checkpoint(argv) == argv
-
-
 # ------------------------------------------------------------------------------------------------ cbsa-dense configs
 def _configs(argv: list[str], capsys) -> str:
     capsys.readouterr()
@@ -354,3 +347,11 @@ def test_listing_into_a_closed_pipe_stops_quietly():
     err = proc.stderr.read().decode()
     proc.wait()
     assert first and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_dumped_strings_read_back_as_strings():
+    """The dumper quotes exactly what jsonargparse's YAML loader would read as another type."""
+    values = {"a": "1e-3", "b": "2020-01-01", "c": "yes", "d": "null", "e": "x: y", "f": "plain", "g": 1e-3,
+              "h": ["on", "1_000", ".5"]}
+    text = dump_config(values)
+    assert parse_yaml(text) == values and "f: plain" in text

@@ -95,8 +95,9 @@ def test_test_export_explain_and_loading_need_neither_the_file_nor_timm(offline,
 
 
 def test_a_resumed_fit_does_not_read_the_pretrained_file(offline):
+    """The training command, resumed: the pretrained file it names is gone (the encoder's architecture comes
+    from the checkpoint, where the command does not name an ``arch``)."""
     assert main(["fit", "--config", "demo_seg.yaml", "--data.init_args.root", str(offline["data"]), *DATA, *QUIET,
-                 "--model.init_args.encoder.init_args.arch", "vit_tiny_patch16_224",
                  "--model.init_args.encoder.init_args.pretrained", str(offline["weights"]),
                  "--ckpt_path", str(offline["ckpt"]), "--trainer.max_steps", "3", "--trainer.max_epochs", "2",
                  "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", "resumed",
@@ -105,18 +106,24 @@ def test_a_resumed_fit_does_not_read_the_pretrained_file(offline):
 
 
 def test_an_older_checkpoint_naming_its_files_loads_without_them(portable, tmp_path):
-    """Checkpoints written before this change still name the pretrained file and task weights."""
-    from cbsa_dense.cli import _model_from_checkpoint
+    """Checkpoints written before this change name the pretrained file and task weights, and keep the
+    evaluation protocol beside the hyper-parameters (``eval_protocol``)."""
+    from cbsa_dense.stored_run import prepare_args
     from cbsa_dense.tasks.loading import load_task
 
     checkpoint = torch.load(portable["ckpt"], map_location="cpu", weights_only=True)
-    checkpoint["hyper_parameters"]["encoder"]["init_args"]["pretrained"] = str(portable["weights"])
-    checkpoint["hyper_parameters"]["weights"] = str(tmp_path / "gone.ckpt")
+    hparams = checkpoint["hyper_parameters"]
+    hparams["encoder"]["init_args"]["pretrained"] = str(portable["weights"])
+    hparams["weights"] = str(tmp_path / "gone.ckpt")
+    checkpoint["eval_protocol"] = {"inference": hparams.pop("inference"),
+                                   "eval_scale": checkpoint["data_info"].pop("eval_scale")}
     torch.save(checkpoint, tmp_path / "old.ckpt")
-    assert load_task(tmp_path / "old.ckpt").model.encoder.embed_dim == 128
-    replayed = json.loads(_model_from_checkpoint(["test", "--ckpt_path", str(tmp_path / "old.ckpt")])[2])
+    task = load_task(tmp_path / "old.ckpt")
+    assert task.model.encoder.embed_dim == 128 and tuple(task.inference.window) == (96, 96)
+    replayed = json.loads(prepare_args(["test", "--ckpt_path", str(tmp_path / "old.ckpt")])[0][2])
     assert replayed["init_args"]["encoder"]["init_args"]["pretrained"] is None
     assert replayed["init_args"]["weights"] is None
+    assert replayed["init_args"]["inference"]["init_args"]["window"] == [96, 96]
 
 
 def test_a_stored_config_that_does_not_build_is_one_line(portable, tmp_path, capsys):
@@ -181,8 +188,10 @@ def test_the_detection_protocol_travels_with_the_checkpoint(det_ckpt, tmp_path, 
     from cbsa_dense.tasks import DetectionTask
 
     checkpoint = torch.load(det_ckpt, map_location="cpu", weights_only=True)
-    assert checkpoint["eval_protocol"]["image_size"] == 128
-    checkpoint["eval_protocol"].update(image_size=96, max_detection_thresholds=[1, 5, 50])
+    assert checkpoint["data_info"]["image_size"] == 128
+    assert checkpoint["hyper_parameters"]["max_detection_thresholds"] == [1, 10, 100]
+    checkpoint["data_info"]["image_size"] = 96
+    checkpoint["hyper_parameters"]["max_detection_thresholds"] = [1, 5, 50]
     torch.save(checkpoint, tmp_path / "det.ckpt")
     data = det_ckpt.parents[4] / "data"
     monkeypatch.chdir(tmp_path)

@@ -255,23 +255,41 @@ def self_contained(hparams: dict, encoder_args: dict | None = None) -> tuple[dic
 
 
 def stored_eval_args(checkpoint: dict) -> dict:
-    """Task arguments of the evaluation protocol a checkpoint records (``checkpoint["eval_protocol"]``):
-    ``inference`` (segmentation) and ``max_detection_thresholds`` (detection), those present."""
+    """Task arguments of the evaluation protocol kept beside the hyper-parameters by earlier versions
+    (``checkpoint["eval_protocol"]``): ``inference`` (segmentation) and ``max_detection_thresholds``
+    (detection), those present. Checkpoints written now store them as hyper-parameters."""
     protocol = checkpoint.get("eval_protocol") or {}
     return {key: protocol[key] for key in ("inference", "max_detection_thresholds") if protocol.get(key) is not None}
+
+
+def stored_data_eval(checkpoint: dict) -> dict:
+    """The data's evaluation settings a checkpoint records: ``eval_scale`` (segmentation; ``None`` = original
+    size) and ``image_size`` (detection), those present, from ``data_info`` (earlier versions:
+    ``eval_protocol``)."""
+    info = checkpoint.get("data_info") or {}
+    protocol = checkpoint.get("eval_protocol") or {}
+    found = {}
+    for key in ("eval_scale", "image_size"):
+        for source in (info, protocol):
+            if key in source:
+                found[key] = source[key]
+                break
+    return found
 
 
 def task_config(checkpoint: dict) -> dict | None:
     """The task config a checkpoint stores, ``{"class_path": ..., "init_args": {...}}``, to be replayed by the
     CLI: this release's layout (:func:`task_hparams`), without Lightning's bookkeeping keys and without the
-    arguments the CLI links from the data (:data:`LINKED_TASK_ARGS`). ``None`` when the checkpoint records no
+    arguments the CLI links from the data (:data:`LINKED_TASK_ARGS`), with the evaluation settings that
+    earlier versions kept beside the hyper-parameters (:func:`stored_eval_args`). ``None`` when the checkpoint records no
     task class (not written by a LightningCLI-built task)."""
     hparams = task_hparams(checkpoint)
     class_path = hparams.get("_class_path")
     if not class_path:
         return None
-    return {"class_path": class_path,
-            "init_args": {k: v for k, v in hparams.items() if not k.startswith("_") and k not in LINKED_TASK_ARGS}}
+    init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in LINKED_TASK_ARGS}
+    init_args.update({k: v for k, v in stored_eval_args(checkpoint).items() if init_args.get(k) is None})
+    return {"class_path": class_path, "init_args": init_args}
 
 
 def stored_num_classes(checkpoint: dict) -> int | None:
@@ -289,35 +307,6 @@ def check_num_classes(checkpoint: dict, path: str | Path, num_classes: int, hint
         raise CheckpointError(f"checkpoint {path} was trained for {stored} classes but the model is built for "
                               f"{num_classes} (num_classes comes from the data: its class names / categories)"
                               + (f"; {hint}" if hint else ""))
-
-
-def check_ckpt_path(path: str | Path | None, task: object | None, subcommand: str = "test") -> dict | None:
-    """Check a ``--ckpt_path`` before Lightning reads it: a readable Lightning checkpoint of ``task``'s class.
-
-    ``task``: the task the config builds (instance, class or class path; ``None`` = no class check);
-    ``subcommand``: the CLI subcommand (the advice differs for ``fit``).
-    Lightning's aliases (``best``, ``last``, ``hpc``, ``registry``) and remote URLs are left to Lightning.
-    Returns the checkpoint (tensors memory-mapped), or ``None`` when nothing was checked.
-
-    Raises:
-        CheckpointError: the file is missing, a directory, truncated or foreign (see :func:`read_checkpoint`),
-            not a Lightning checkpoint, or written by another task class.
-    """
-    if not path or str(path).split(":")[0] in LIGHTNING_CKPT_ALIASES or "://" in str(path):
-        return None
-    checkpoint = read_checkpoint(path, mmap=True)
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'; top-level keys "
-                              f"{list(checkpoint)[:8]}): --ckpt_path takes a checkpoint of a cbsa-dense run; "
-                              f"to start from other weights use --model.init_args.weights")
-    if task is not None:
-        own = _class_name(_class_path_of(task))
-        hint = (f"resume from a checkpoint of a {own} run, or use the config that checkpoint was trained with"
-                if subcommand == "fit" else
-                f"give a checkpoint of a {own} run, or leave out --config/--model ({subcommand} then rebuilds "
-                f"the task stored in the checkpoint)")
-        check_task_class(checkpoint, path, task, hint=hint)
-    return checkpoint
 
 
 def check_weights_path(path: str | Path | None, task: object, strict: bool = True) -> None:

@@ -59,8 +59,8 @@ class DetectionTask(BaseTask):
         mask_threshold: probability above which a predicted mask pixel is foreground.
         max_detection_thresholds: the metric's three detection limits per image (COCO's ``maxDets``,
             increasing; default ``[1, 10, 100]``); an evaluation setting: it travels in the checkpoint
-            (``checkpoint["eval_protocol"]``, with the data's ``image_size``) and ``test``/``validate``/``predict``
-            use it unless the command line or config gives one.
+            (a hyper-parameter; the data's ``image_size`` in ``checkpoint["data_info"]``) and
+            ``test``/``validate``/``predict`` use it unless the command line or config gives one.
         results_dir: where ``test_results.json`` / ``predictions.json`` go (default: the trainer's log dir).
         optimizer: see :class:`BaseTask`; default AdamW lr 1e-4, weight decay 0.1 (ViTDet).
         lr_scheduler: see :class:`BaseTask`; default 250 warm-up iterations, then x0.1 at 89% and 96%.
@@ -82,9 +82,10 @@ class DetectionTask(BaseTask):
                  max_detection_thresholds: list[int] | None = None) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
                          layer_decay=layer_decay, freeze=freeze, weights=weights, weights_strict=weights_strict)
-        # Output/eval settings stay out of the checkpoint's hyper-parameters: LightningCLI restores those
-        # over the command line on --ckpt_path, so a test run could not redirect its results otherwise.
-        self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "max_detection_thresholds"]
+        # Output settings stay out of the checkpoint's hyper-parameters (a stored folder means nothing
+        # elsewhere); the evaluation's detection limits are hyper-parameters, replayed as defaults that a
+        # command line or config overrides (:mod:`cbsa_dense.stored_run`).
+        self.save_hyperparameters(ignore=["results_dir", "mask_threshold"]
                                   + ([] if under_cli() else ["encoder", "neck", "head"]))
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
@@ -127,14 +128,12 @@ class DetectionTask(BaseTask):
         super().on_save_checkpoint(checkpoint)
         checkpoint["data_info"].setdefault("category_ids", list(self.category_ids))
         checkpoint["data_info"].setdefault("class_names", list(self.class_names))
-        # What defines this model's evaluation, beside the head's detection limit (a stored head argument):
-        # the input size and resize rule of the data, and the metric's detection limits. ``validate``/``test``/
-        # ``predict --ckpt_path`` and the Python loaders use them unless told otherwise.
-        protocol = {"resize": RESIZE_RULE, "max_detection_thresholds": list(self.max_detection_thresholds)}
-        image_size = checkpoint["data_info"].get("image_size")
-        if image_size is not None:
-            protocol["image_size"] = image_size
-        checkpoint["eval_protocol"] = protocol
+        # The evaluation's settings travel as hyper-parameters (the head's detection limit, the metric's
+        # ``max_detection_thresholds``) and in ``data_info`` (the input ``image_size`` and its resize rule).
+        checkpoint["data_info"]["resize"] = RESIZE_RULE
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and "_class_path" in hparams:
+            hparams["max_detection_thresholds"] = list(self.max_detection_thresholds)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

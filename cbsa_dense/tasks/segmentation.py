@@ -55,7 +55,7 @@ class SegmentationTask(BaseTask):
         num_classes: number of classes. Under the CLI it comes from the datamodule (``data.num_classes``,
             e.g. the number of ``class_names``) and cannot be set separately.
         inference: evaluation inference; ``None`` = whole image, single scale. It travels with every
-            checkpoint (``checkpoint["eval_protocol"]``, with the datamodule's ``eval_scale``):
+            checkpoint (a hyper-parameter; the datamodule's ``eval_scale`` in ``checkpoint["data_info"]``):
             ``validate``/``test``/``predict --ckpt_path`` use it unless the command line or config gives
             one, and print which protocol they used.
         predict_dir: output folder of ``predict``; ``None`` = ``<log dir>/predictions``.
@@ -81,11 +81,11 @@ class SegmentationTask(BaseTask):
                  weight_decay: float | None = None, layer_decay: float | None = None,
                  freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True) -> None:
         super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights, weights_strict)
-        # Output and evaluation settings are not hyper-parameters: with ``--ckpt_path`` LightningCLI lets
-        # stored hyper-parameters override the command line, and these must stay choosable at
-        # validate/test/predict. The evaluation protocol travels separately (``on_save_checkpoint``).
-        ignore = ["inference", "predict_dir", "overlay_alpha"]
-        self.save_hyperparameters(ignore=ignore + ([] if under_cli() else ["encoder", "head"]))
+        # Output settings are not hyper-parameters (a stored folder means nothing elsewhere). The evaluation
+        # ``inference`` is one: stored, it is replayed as a default that a command line or config overrides
+        # (:mod:`cbsa_dense.stored_run`). Built outside the CLI, the parts are objects, not configs.
+        ignore = ["predict_dir", "overlay_alpha"]
+        self.save_hyperparameters(ignore=ignore + ([] if under_cli() else ["encoder", "head", "inference"]))
         self.model = Segmentor(encoder, head, num_classes)
         self.num_classes = int(num_classes)
         self.inference = inference or SlidingWindowInference()
@@ -112,11 +112,12 @@ class SegmentationTask(BaseTask):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        protocol = {"inference": self.inference.config()}
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and "_class_path" in hparams:
+            hparams["inference"] = self.inference.config()       # the protocol in use, also when built in Python
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if hasattr(datamodule, "eval_scale"):
-            protocol["eval_scale"] = _plain_size(datamodule.eval_scale)
-        checkpoint["eval_protocol"] = protocol
+        if hasattr(datamodule, "eval_scale"):                     # None (original size) is a setting too
+            checkpoint["data_info"]["eval_scale"] = _plain_size(datamodule.eval_scale)
 
     # ----------------------------------------------------------------------------------------- train
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
