@@ -56,33 +56,27 @@ _LEGACY_PREFIXES = ("configs/", "cbsa_dense/configs/")
 
 
 # --------------------------------------------------------------------------------------------- YAML
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """Safe YAML as jsonargparse reads it: ``1e-3`` is a float, dates stay strings."""
+def parse_yaml(text: str):
+    """YAML text as jsonargparse reads it (its public ``get_loader("yaml")``: ``1e-3`` is a float, dates stay
+    strings)."""
+    from jsonargparse import get_loader
+
+    return get_loader("yaml")(text)
 
 
 class _Dumper(yaml.SafeDumper):
-    """Safe YAML dumper that quotes exactly the strings :class:`_Loader` would read as something else."""
+    """Safe YAML dumper that quotes exactly the strings :func:`parse_yaml` would read as something else."""
 
 
-_FLOAT = re.compile(r"""^(?:
-    [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X)
-
-for _cls in (_Loader, _Dumper):
-    _cls.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers
-                if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:float")]
-        for first, resolvers in _cls.yaml_implicit_resolvers.items()}
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    try:
+        plain = "\n" not in value and parse_yaml(value) == value
+    except yaml.YAMLError:
+        plain = False
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else "'")
 
 
-def parse_yaml(text: str):
-    """YAML text as jsonargparse reads it (:class:`_Loader`)."""
-    return yaml.load(text, Loader=_Loader)
+_Dumper.add_representer(str, _represent_str)
 
 
 def dump_config(config: dict) -> str:
