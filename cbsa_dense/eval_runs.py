@@ -28,8 +28,9 @@ that the training wrote to: the evaluation sits with the run it evaluates, one f
   read-only) is evaluated into ``<save_dir>/<name>/eval/``: nothing is written next to foreign files.
 * The folder is ``<subcommand>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when it already exists). Lightning
   counts only ``version_*`` folders, so ``eval/`` never shifts the numbering of training runs.
-* The loggers of the run write there (their ``version`` is set to the folder, relative to their root,
-  before first use), so ``trainer.log_dir`` is the folder, and so are the files the tasks write there:
+* The loggers of the run write there (their ``version`` is set to the folder, relative to their root, in
+  the config before they are built; an unset logger becomes the one ``Trainer`` would build), so
+  ``trainer.log_dir`` is the folder, and so are the files the tasks write there:
   per-class IoU and results json, predictions, the saved ``config.yaml``. Other loggers (W&B, MLflow ...)
   keep their own naming. With ``logger: false`` there are no versions: the outputs go to the trainer's
   ``default_root_dir`` as configured.
@@ -48,15 +49,18 @@ that the training wrote to: the evaluation sits with the run it evaluates, one f
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import time
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-__all__ = ["EVAL_FOLDER_ENV", "prepare_eval_run"]
+__all__ = ["EVAL_FOLDER_ENV", "prepare_eval_run", "set_eval_logger_versions"]
 
 #: Environment variable through which DDP processes launched by the first one get its folder name.
 EVAL_FOLDER_ENV = "CBSA_DENSE_EVAL_FOLDER"
@@ -94,10 +98,8 @@ def _ckpt_run_dir(ckpt_path: str | os.PathLike | None, root: Path, default_logge
     return None
 
 
-def _base_dir(ckpt_path, logger) -> Path:
+def _base_dir(ckpt_path, root: Path, default_logger: bool) -> Path:
     """``<run of the checkpoint>/eval`` or ``<logger root>/eval``."""
-    root = Path(logger.root_dir)
-    default_logger = isinstance(logger, TensorBoardLogger) and logger.name == "lightning_logs"
     return (_ckpt_run_dir(ckpt_path, root, default_logger) or root) / "eval"
 
 
@@ -151,14 +153,66 @@ def _stored_checkpoint_states(ckpt_path, checkpoint: dict | None = None) -> list
             if isinstance(key, str) and isinstance(state, dict) and "best_model_path" in state]
 
 
-def _versioned_loggers(trainer) -> list:
-    """The loggers whose folder is ``root_dir / version`` (CSV, TensorBoard) and whose version is unset.
+def _logger_class(spec) -> type | None:
+    class_path = getattr(spec, "class_path", None)
+    if not isinstance(class_path, str):
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
 
-    Their ``version`` is only resolved (to the next ``version_N``) on first use, so ``_version`` is still
-    ``None`` here unless the user gave one.
+
+def _default_logger(default_root_dir) -> Namespace | None:
+    """The logger ``Trainer`` builds when none is configured, as a config (``None`` under SLURM, where it is
+    named after the job): TensorBoard when ``tensorboard`` or ``tensorboardX`` is installed, else CSV."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.job_id() is not None:
+        return None
+    tensorboard = any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
+    cls = TensorBoardLogger if tensorboard else CSVLogger
+    return Namespace(class_path=f"{cls.__module__}.{cls.__name__}",
+                     init_args=Namespace(save_dir=str(default_root_dir or os.getcwd()), name="lightning_logs"))
+
+
+def set_eval_logger_versions(trainer_config, subcommand: str, ckpt_path: str | os.PathLike | None) -> Path | None:
+    """Point the CSV/TensorBoard loggers of a parsed ``validate``/``test``/``predict`` trainer config at an
+    evaluation folder (see the module doc) by setting their ``version`` before they are built; a logger left
+    unset becomes the one ``Trainer`` would build by default. Loggers with a version of their own, other
+    loggers and ``logger: false`` are left alone. Returns the folder, or ``None`` when no logger was set.
+
+    Call it before the trainer is instantiated (``LightningCLI.before_instantiate_classes``).
     """
-    return [logger for logger in trainer.loggers
-            if isinstance(logger, (CSVLogger, TensorBoardLogger)) and logger._version is None]
+    logger = trainer_config.get("logger")
+    if logger is False:
+        return None
+    if logger is None or logger is True:
+        logger = _default_logger(trainer_config.get("default_root_dir"))
+        if logger is None:
+            return None
+        trainer_config["logger"] = logger
+    versioned = []
+    for spec in logger if isinstance(logger, list) else [logger]:
+        cls = _logger_class(spec)
+        init_args = getattr(spec, "init_args", None)
+        if cls is None or not issubclass(cls, (CSVLogger, TensorBoardLogger)) or init_args is None:
+            continue
+        if init_args.get("version") is not None or not init_args.get("save_dir"):
+            continue
+        name = init_args.get("name", "lightning_logs")
+        root = Path(init_args["save_dir"]) / name if name else Path(init_args["save_dir"])
+        default = issubclass(cls, TensorBoardLogger) and name == "lightning_logs"
+        versioned.append((init_args, root, _base_dir(ckpt_path, root, default)))
+    if not versioned:
+        return None
+    folder = _folder_name(subcommand, [base for _, _, base in versioned])
+    for init_args, root, base in versioned:
+        version = os.path.relpath(base / folder, root)              # log_dir = root_dir / version
+        init_args["version"] = str((base / folder).absolute()) if version.startswith("..") else version
+    return versioned[0][2] / folder
 
 
 @rank_zero_only
@@ -168,9 +222,10 @@ def _announce(subcommand: str, directory: Path) -> None:
 
 def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | None,
                      checkpoint: dict | None = None) -> Path:
-    """Point the trainer of ``validate``/``test``/``predict`` at an evaluation folder (see the module doc),
-    replace its checkpoint callbacks by inert takers of their saved states, print ``<subcommand> outputs:
-    <dir>`` (rank 0) and return the folder. ``checkpoint``: ``ckpt_path`` already read by the caller.
+    """Replace the checkpoint callbacks of the trainer of ``validate``/``test``/``predict`` by inert takers of
+    their saved states, print ``<subcommand> outputs: <dir>`` (rank 0; its loggers were pointed at the
+    evaluation folder by :func:`set_eval_logger_versions`) and return the folder. ``checkpoint``:
+    ``ckpt_path`` already read by the caller.
 
     Call it after the trainer is built and before it runs (``LightningCLI.before_<subcommand>``).
     """
@@ -180,17 +235,7 @@ def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | No
     trainer.callbacks[:] = kept + [_IgnoredCheckpointState(key) for key in stored
                                    if key not in kept_keys]
 
-    loggers = _versioned_loggers(trainer)
-    if loggers:
-        roots = [Path(logger.root_dir) for logger in loggers]
-        bases = [_base_dir(ckpt_path, logger) for logger in loggers]
-        name = _folder_name(subcommand, bases)
-        for logger, root, base in zip(loggers, roots, bases):
-            version = os.path.relpath(base / name, root)              # log_dir = root_dir / version
-            logger._version = str((base / name).absolute()) if version.startswith("..") else version
-        directory = Path(loggers[0].log_dir)
-    elif trainer.loggers:
-        # A version given by the user, or a logger with its own naming: its folder is left as configured.
+    if trainer.loggers:                 # its version set by set_eval_logger_versions, or the user's own
         logger = trainer.logger
         directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
     else:

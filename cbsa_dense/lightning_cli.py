@@ -116,7 +116,8 @@ class CBSADenseCLI(LightningCLI):
                 check_weights_path(init_args.get("weights"), model.class_path, init_args.get("weights_strict", True))
 
     def before_instantiate_classes(self) -> None:
-        """With a ``--ckpt_path`` checkpoint: the path goes back into the config (for Lightning's restore, see
+        """``validate``/``test``/``predict``: the loggers write into an evaluation folder
+        (:func:`~cbsa_dense.eval_runs.set_eval_logger_versions`). With a ``--ckpt_path`` checkpoint: the path goes back into the config (for Lightning's restore, see
         :mod:`cbsa_dense.stored_run`), the model's pretrained/weights files are not read (the checkpoint holds
         the weights), and ``validate``/``test``/``predict`` evaluate with the protocol the model was trained
         and validated with for every part the command line and config leave unset, saying which protocol is
@@ -126,6 +127,11 @@ class CBSADenseCLI(LightningCLI):
         model_args = getattr(config.get("model"), "init_args", None)
         self._configured_num_classes = model_args.get("num_classes") if model_args is not None else None
         self._data_class_name = str(getattr(config.get("data"), "class_path", "?")).rpartition(".")[2]
+        if subcommand in ("validate", "test", "predict"):
+            from cbsa_dense.eval_runs import set_eval_logger_versions
+
+            set_eval_logger_versions(config["trainer"], subcommand,
+                                     self._stored.path if self._stored is not None else config.get("ckpt_path"))
         if self._stored is None:
             return
         config["ckpt_path"] = self._stored.path

@@ -34,7 +34,9 @@ config in this release's layout, the evaluation settings); the Python loaders
 Public ways used instead of private names: LightningCLI's replay (``_parse_ckpt_path``) is no longer
 overridden (the path is held back from it, see above); parse errors come back to the CLI through the
 parsers' ``exit_on_error`` argument (``parser_kwargs``), not by setting it on ``_subcommand_parsers``;
-YAML is read with jsonargparse's ``get_loader("yaml")`` (:func:`cbsa_dense.config_files.parse_yaml`).
+YAML is read with jsonargparse's ``get_loader("yaml")`` (:func:`cbsa_dense.config_files.parse_yaml`); the
+evaluation folder is the loggers' ``version`` argument, set in the config before they are built, not their
+``_version`` (:func:`cbsa_dense.eval_runs.set_eval_logger_versions`).
 Private names of other libraries that stay, with the reason:
 
 * ``lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters``
@@ -42,9 +44,6 @@ Private names of other libraries that stay, with the reason:
   hyper-parameters only when LightningCLI instantiates it (the config dicts); built outside it, they are
   modules, which a checkpoint cannot hold and which ``save_hyperparameters`` would deep-copy. That context
   variable is the only signal of which case applies before ``save_hyperparameters`` runs.
-* a CSV/TensorBoard logger's ``_version`` (:mod:`cbsa_dense.eval_runs`): the evaluation folder is set on the
-  built loggers. The public way, their ``version`` argument set in the config before they are built, also
-  needs the logger that ``Trainer`` picks itself when none is configured; not done yet.
 * a LightningModule's ``_trainer`` (tasks): the public ``trainer`` property raises when the module is not
   attached to a trainer (a task loaded by :func:`cbsa_dense.load`, a unit test).
 """

@@ -5,12 +5,13 @@ import warnings
 
 import pytest
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cbsa_dense.cli import main
-from cbsa_dense.eval_runs import EVAL_FOLDER_ENV, prepare_eval_run
+from cbsa_dense.eval_runs import EVAL_FOLDER_ENV, prepare_eval_run, set_eval_logger_versions
 from tests.conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "demo_seg.yaml")
@@ -70,34 +71,51 @@ def test_predict_and_a_checkpoint_from_elsewhere(run_copy, seg_run, tmp_path, ca
     assert _versions(tmp_path) == ["version_0"]
 
 
+def _loggers(tmp_path, tensorboard=True) -> Namespace:
+    """A parsed trainer config with a CSV logger (and a TensorBoard one)."""
+    csv = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                    init_args=Namespace(save_dir=str(tmp_path / "logs"), name="exp", version=None))
+    tb = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                   init_args=Namespace(save_dir=str(tmp_path / "tb"), name="exp", version=None))
+    return Namespace(logger=[csv, tb] if tensorboard else csv, default_root_dir=None)
+
+
 def test_prepare_eval_run_units(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(EVAL_FOLDER_ENV, raising=False)
     ckpt = tmp_path / "logs" / "exp" / "version_3" / "checkpoints" / "a.ckpt"
     ckpt.parent.mkdir(parents=True)
     stored = "TaskCheckpoint{'monitor': 'val_miou', 'mode': 'max'}"            # the training run's callback
     torch.save({"callbacks": {stored: {"best_model_path": "", "dirpath": "x"}, "Other": {"a": 1}}}, ckpt)
-    checkpoint = ModelCheckpoint(monitor="val_miou")
-    trainer = Trainer(logger=[CSVLogger(tmp_path / "logs", name="exp"),
-                              TensorBoardLogger(tmp_path / "tb", name="exp")],
-                      callbacks=[checkpoint], enable_progress_bar=False)
-    directory = prepare_eval_run(trainer, "validate", ckpt)
+    config = _loggers(tmp_path)
+    directory = set_eval_logger_versions(config, "validate", ckpt)               # before the loggers are built
     assert directory.parent == ckpt.parent.parent / "eval" and directory.name.startswith("validate-")
-    assert trainer.log_dir == str(directory) and trainer.loggers[0].version == f"version_3/eval/{directory.name}"
-    assert trainer.loggers[1].log_dir == str(tmp_path / "tb" / "exp" / "eval" / directory.name)
+    csv = CSVLogger(**vars(config.logger[0].init_args))
+    tb = TensorBoardLogger(**vars(config.logger[1].init_args))
+    assert csv.version == f"version_3/eval/{directory.name}" and csv.log_dir == str(directory)
+    assert tb.log_dir == str(tmp_path / "tb" / "exp" / "eval" / directory.name)
+    checkpoint = ModelCheckpoint(monitor="val_miou")
+    trainer = Trainer(logger=[csv, tb], callbacks=[checkpoint], enable_progress_bar=False)
+    assert prepare_eval_run(trainer, "validate", ckpt) == directory and trainer.log_dir == str(directory)
     assert trainer.checkpoint_callback is None
     keys = [cb.state_key for cb in trainer.callbacks]
     assert stored in keys and "Other" not in keys and checkpoint.state_key not in keys   # its state is taken
     assert capsys.readouterr().out.strip() == f"validate outputs: {directory}"
 
     directory.mkdir(parents=True)                                      # same second: a new folder, not a reuse
-    again = Trainer(logger=CSVLogger(tmp_path / "logs", name="exp"), enable_progress_bar=False)
-    second = prepare_eval_run(again, "validate", ckpt)
+    second = set_eval_logger_versions(_loggers(tmp_path, tensorboard=False), "validate", ckpt)
     assert second != directory and second.parent == directory.parent
 
     monkeypatch.setenv("LOCAL_RANK", "1")                              # a DDP rank launched by the first
     monkeypatch.setenv(EVAL_FOLDER_ENV, "validate-20000101-000000")
-    rank1 = Trainer(logger=CSVLogger(tmp_path / "logs", name="exp"), enable_progress_bar=False)
-    assert prepare_eval_run(rank1, "validate", ckpt).name == "validate-20000101-000000"
+    assert set_eval_logger_versions(_loggers(tmp_path), "validate", ckpt).name == "validate-20000101-000000"
+
+    given = _loggers(tmp_path, tensorboard=False)                       # a version of the user's is kept
+    given.logger.init_args.version = "mine"
+    assert set_eval_logger_versions(given, "validate", ckpt) is None and given.logger.init_args.version == "mine"
+    unset = Namespace(logger=None, default_root_dir=str(tmp_path / "root"))     # Trainer's default logger
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert set_eval_logger_versions(unset, "test", None).parent == tmp_path / "root" / "lightning_logs" / "eval"
+    assert unset.logger.init_args.name == "lightning_logs"
 
 
 def test_without_the_training_config_the_outputs_still_go_beside_the_run(seg_ckpt, seg_run, tmp_path, capsys):

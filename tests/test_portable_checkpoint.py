@@ -152,7 +152,7 @@ def test_load_predicts_what_cbsa_dense_predict_writes(offline):
         written = np.asarray(Image.open(Path("predictions") / "labels" / f"{path.stem}.png"))
         assert predicted.shape == written.shape
         np.testing.assert_array_equal(predicted + 1, written)       # the demo data reduce the zero label
-    rgb = np.asarray(Image.open(images[0]).convert("RGB"))
+    rgb = np.array(Image.open(images[0]).convert("RGB"))
     np.testing.assert_array_equal(model.predict(Image.open(images[0])), labels[0])
     np.testing.assert_array_equal(model.predict(rgb), labels[0])
     from_tensor = model.predict(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
