@@ -18,8 +18,9 @@ class AttentionTransfer(Callback):
     softmax attention of the pretrained weights it was loaded with (:mod:`cbsa_dense.linearize`), on the
     run's own training crops (labels unused), then train as usual.
 
-    Runs once: it is skipped when ``fit`` resumes (``--ckpt_path``), when the checkpoint it starts from
-    says that it ran, and when the encoder's ``pretrained`` file was written by ``cbsa-dense linearize``. The teacher is built from the encoder's own ``qkv``/``proj`` weights at that moment
+    Runs once: it is skipped, with a printed line, when ``fit`` resumes (``--ckpt_path``), when the checkpoint
+    it starts from says that it ran, when the encoder's ``pretrained`` file was written by ``cbsa-dense
+    linearize``, and when there are no pretrained weights at all (random init: nothing to match). The teacher is built from the encoder's own ``qkv``/``proj`` weights at that moment
     (no file is read), so the encoder must hold pretrained softmax-ViT weights: ``pretrained`` on the
     encoder, or the task's ``weights``. The diagnosis before and after (per-block relative error of the
     attention output to the teacher's, at the training crop and at twice its size) is printed and written
@@ -67,6 +68,11 @@ class AttentionTransfer(Callback):
         datamodule = trainer.datamodule
         if datamodule is None:
             raise ConfigError("AttentionTransfer needs a datamodule (its training images are the transfer's data)")
+        if not getattr(encoder, "pretrained_from", None) and not getattr(pl_module, "weights", None):
+            rank_zero_info("attention transfer: skipped (the encoder starts from random init: no pretrained "
+                           "weights and no task weights, so there is no softmax model to match)")
+            self.done = True
+            return
         if getattr(encoder, "linearized", False):
             rank_zero_info("attention transfer: skipped (the encoder's pretrained file was written by "
                            "cbsa-dense linearize: its attention is already matched)")

@@ -60,7 +60,7 @@ def _settings(trainer, args: argparse.Namespace):
 def main(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
     if not args.diagnose_only and not args.out:
-        raise ConfigError("cbsa-dense linearize: give --out FILE.safetensors (or --diagnose-only)")
+        raise ConfigError("give --out FILE.safetensors (or --diagnose-only)")
     out = Path(args.out) if args.out else None
     if out is not None:
         from cbsa_dense.cli_checks import check_writable
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
         check_writable(out.parent, "--out")
     if any(a.startswith("--ckpt_path") for a in rest):
-        raise ConfigError("cbsa-dense linearize takes a training config (--config ...), not --ckpt_path")
+        raise ConfigError("linearize takes a training config (--config ...), not --ckpt_path")
 
     from cbsa_dense.lightning_cli import CBSADenseCLI
     from cbsa_dense.linearize.run import linearize_encoder
@@ -79,9 +79,15 @@ def main(argv: list[str]) -> int:
     cli = CBSADenseCLI(args=rest, run=False)
     encoder = getattr(getattr(cli.model, "model", None), "encoder", None)
     if encoder is None:
-        raise ConfigError(f"cbsa-dense linearize needs a task with an encoder, not {type(cli.model).__name__}")
+        raise ConfigError(f"linearize needs a task with an encoder, not {type(cli.model).__name__}")
+    from cbsa_dense.linearize.teacher import cbsa_blocks
+
+    cbsa_blocks(encoder)                          # a CBSA encoder that can hold softmax weights, else one line
     if getattr(cli.model, "weights", None):
         cli.model.load_weights(cli.model.weights)
+    elif not getattr(encoder, "pretrained_from", None):
+        raise ConfigError("the encoder has no pretrained weights, so there is no softmax model "
+                          "to match: give --model.init_args.encoder.init_args.pretrained FILE (timm names)")
     settings = _settings(cli.trainer, args)
     cli.datamodule.setup("fit")
     report = linearize_encoder(encoder, cli.datamodule.train_dataloader(), settings,

@@ -170,8 +170,8 @@ def test_encoders_without_softmax_compatible_weights_are_refused():
 def _finetune_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
     enc = "--model.init_args.encoder.init_args."
     return ["--config", "finetune_cpu.yaml", "--data.init_args.root", str(root),
-            "--data.init_args.crop_size", "[28, 28]", "--data.init_args.scale", "[56, 28]",
-            "--data.init_args.eval_scale", "[56, 28]", f"{enc}img_size", "28",
+            "--data.init_args.crop_size", "[56, 56]", "--data.init_args.scale", "[112, 56]",
+            "--data.init_args.eval_scale", "[112, 56]", f"{enc}img_size", "56",
             f"{enc}patch_size", "14", f"{enc}embed_dim", "32", f"{enc}depth", "2", f"{enc}num_heads", "2",
             f"{enc}init_values", "1.0", f"{enc}attn_layer.init_args.grid", "[2, 2]",
             "--model.init_args.head.init_args.n_layers", "1", "--trainer.enable_progress_bar", "false",
@@ -201,20 +201,22 @@ def test_linearize_command_writes_weights_that_pretrained_accepts(tiny_data, tmp
     assert "before, crop" in text and "after, 2x crop" in text and "final-feature cosine" in text
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["transfer"]["steps"] == 6
-    assert report["after"]["crop"]["blocks"][0]["rel_error"] < report["before"]["crop"]["blocks"][0]["rel_error"]
+    assert len(report["after"]["2x crop"]["blocks"]) == 2            # both blocks diagnosed at 2x the crop
+    assert report["transfer"]["holdout_after"] <= report["transfer"]["holdout_before"]   # never worse: best kept
     from cbsa_dense.models.checkpoint import read_state_dict
 
     state = read_state_dict(out)
-    assert "blocks.1.attn.step_x" in state and "blocks.0.attn.qkv.weight" in state
+    assert "blocks.1.attn.local.weight" in state and "blocks.0.attn.qkv.weight" in state
     # The file is an encoder weights file: a config takes it as `pretrained` (step sizes included).
     from functools import partial
 
-    encoder = ViTEncoder(arch="vit_small_patch14_dinov2", img_size=28, embed_dim=32, depth=2, num_heads=2,
+    encoder = ViTEncoder(arch="vit_small_patch14_dinov2", img_size=56, embed_dim=32, depth=2, num_heads=2,
                          init_values=1.0,
-                         attn_layer=partial(CBSAAttention, grid=(2, 2), variant="qkv"), pretrained=str(out))
-    assert torch.equal(encoder.blocks[1].attn.step_x, state["blocks.1.attn.step_x"])
+                         attn_layer=partial(CBSAAttention, grid=(2, 2), variant="qkv", broadcast="query", local_kernel=3),
+                         pretrained=str(out))
+    assert torch.equal(encoder.blocks[1].attn.local.weight, state["blocks.1.attn.local.weight"])
     assert encoder.linearized                   # marked: a config's AttentionTransfer skips itself
-    softmax_start = ViTEncoder(arch="vit_small_patch14_dinov2", img_size=28, embed_dim=32, depth=2, num_heads=2,
+    softmax_start = ViTEncoder(arch="vit_small_patch14_dinov2", img_size=56, embed_dim=32, depth=2, num_heads=2,
                                init_values=1.0, attn_layer=partial(CBSAAttention, grid=(2, 2), variant="qkv"),
                                pretrained=str(weights))
     assert not softmax_start.linearized
@@ -225,6 +227,8 @@ def test_linearize_command_writes_weights_that_pretrained_accepts(tiny_data, tmp
     assert len(err) == 1 and "no softmax-compatible weights" in err[0], err
     assert main(["linearize", *_finetune_args(root, tmp_path)]) == 2
     assert "--out" in capsys.readouterr().err
+    assert main(["linearize", *_finetune_args(root, tmp_path), "--diagnose-only"]) == 2
+    assert "no pretrained weights" in capsys.readouterr().err
 
 
 def test_fit_runs_the_transfer_once_and_not_on_resume(tiny_data, tmp_path):

@@ -112,6 +112,7 @@ class ViTEncoder(TokenEncoder):
         super().__init__()
         self.arch = arch
         self.linearized = False                 # set by load_pretrained (a ``cbsa-dense linearize`` file)
+        self.pretrained_from: str | None = None  # set by load_pretrained: where the weights came from
         self._resolved = {"img_size": list(img_size) if isinstance(img_size, (tuple, list)) else img_size,
                           "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
                           "mlp_ratio": float(mlp_ratio), "class_token": class_token, "reg_tokens": reg_tokens,
@@ -170,9 +171,10 @@ class ViTEncoder(TokenEncoder):
         # A file written by ``cbsa-dense linearize`` holds attention already matched to its softmax teacher:
         # the AttentionTransfer callback must not run again on it (its teacher would be the changed q/k).
         self.linearized = state_dict.pop(LINEARIZED_KEY, None) is not None
-        return load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source), strict=strict,
-                             may_reinit=FRESH_ATTENTION_KEYS,
-                             opt_out="pretrained_strict: false on the encoder")
+        report = load_matching(self, adapt_timm_state_dict(state_dict, self), source=str(source), strict=strict,
+                               may_reinit=FRESH_ATTENTION_KEYS, opt_out="pretrained_strict: false on the encoder")
+        self.pretrained_from = str(source)
+        return report
 
 
 #: Architecture of a ``ViTEncoder`` built without ``arch`` (ViT-S/16 at 224, timm's LayerNorm eps).
