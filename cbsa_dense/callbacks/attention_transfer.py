@@ -10,7 +10,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.layers.cbsa_attention import CBSAAttention
 from cbsa_dense.linearize.run import LinearizeSettings, linearize_encoder
+from cbsa_dense.linearize.teacher import cbsa_blocks
 
 
 class AttentionTransfer(Callback):
@@ -20,7 +22,9 @@ class AttentionTransfer(Callback):
 
     Runs once: it is skipped, with a printed line, when ``fit`` resumes (``--ckpt_path``), when the checkpoint
     it starts from says that it ran, when the encoder's ``pretrained`` file was written by ``cbsa-dense
-    linearize``, and when there are no pretrained weights at all (random init: nothing to match). The teacher is built from the encoder's own ``qkv``/``proj`` weights at that moment
+    linearize``, when there are no pretrained weights at all (random init: nothing to match), and when
+    the encoder has no CBSA layer (softmax attention, e.g. as a baseline with the same config). CBSA
+    layers that cannot hold softmax weights (the ``shared`` variant) are an error. The teacher is built from the encoder's own ``qkv``/``proj`` weights at that moment
     (no file is read), so the encoder must hold pretrained softmax-ViT weights: ``pretrained`` on the
     encoder, or the task's ``weights``. The diagnosis before and after (per-block relative error of the
     attention output to the teacher's, at the training crop and at twice its size) is printed and written
@@ -65,9 +69,11 @@ class AttentionTransfer(Callback):
         encoder = getattr(getattr(pl_module, "model", None), "encoder", None)
         if encoder is None:
             raise ConfigError(f"AttentionTransfer needs a task with model.encoder, not {type(pl_module).__name__}")
-        datamodule = trainer.datamodule
-        if datamodule is None:
-            raise ConfigError("AttentionTransfer needs a datamodule (its training images are the transfer's data)")
+        if not any(isinstance(m, CBSAAttention) for m in encoder.modules()):
+            rank_zero_info("attention transfer: skipped (the encoder has no CBSA layer: nothing to transfer)")
+            self.done = True
+            return
+        cbsa_blocks(encoder)               # CBSA layers that cannot hold softmax weights: one-line error
         if not getattr(encoder, "pretrained_from", None) and not getattr(pl_module, "weights", None):
             rank_zero_info("attention transfer: skipped (the encoder starts from random init: no pretrained "
                            "weights and no task weights, so there is no softmax model to match)")
@@ -78,6 +84,9 @@ class AttentionTransfer(Callback):
                            "cbsa-dense linearize: its attention is already matched)")
             self.done = True
             return
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            raise ConfigError("AttentionTransfer needs a datamodule (its training images are the transfer's data)")
         report = linearize_encoder(encoder, datamodule.train_dataloader(), self.settings,
                                    progress=trainer.progress_bar_callback is not None)
         if trainer.world_size > 1:

@@ -251,3 +251,29 @@ def test_fit_runs_the_transfer_once_and_not_on_resume(tiny_data, tmp_path):
     steps = sorted(torch.load(p, map_location="cpu", weights_only=False)["global_step"]
                    for p in (tmp_path / "runs").rglob("last.ckpt"))
     assert steps[-1] == 4                                                      # ... and it did train
+
+
+@pytest.mark.parametrize("case", ["softmax", "random init", "resume", "shared"])
+def test_transfer_callback_skips_only_what_has_nothing_to_match(case, caplog):
+    """No CBSA layer, no pretrained weights, a resumed fit: skipped with a printed line; the shared variant
+    (no softmax-compatible weights) is an error."""
+    from types import SimpleNamespace
+
+    from cbsa_dense.callbacks import AttentionTransfer
+
+    encoder = {"softmax": tiny_vit(), "random init": tiny_vit(cbsa()), "resume": tiny_vit(cbsa()),
+               "shared": tiny_vit(CBSAAttention)}[case]
+    if case == "shared":
+        encoder.pretrained_from = "softmax_vit.pth"
+    task = SimpleNamespace(model=SimpleNamespace(encoder=encoder), weights=None)
+    trainer = SimpleNamespace(ckpt_path="last.ckpt" if case == "resume" else None, datamodule=None)
+    callback = AttentionTransfer(steps=2)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    if case == "shared":
+        with pytest.raises(ConfigError, match="no softmax-compatible weights"):
+            callback.on_train_start(trainer, task)
+        return
+    with caplog.at_level("INFO"):
+        callback.on_train_start(trainer, task)
+    assert callback.done and "attention transfer: skipped" in caplog.text
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
