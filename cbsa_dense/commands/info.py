@@ -75,7 +75,9 @@ def _params(module: nn.Module | None) -> int:
 def attention_macs(module: nn.Module, num_tokens: int, grid: tuple[int, int]) -> int | None:
     """Multiply-accumulates of one call of a known attention layer, by the spec's formulas (section 3).
 
-    ``None`` for other modules (their executed operations are counted instead).
+    Beyond the spec: CBSA's query broadcast (the released adaptation code's) counts ``4*m*N*D`` for its
+    token-representative products, the opt-in local term ``k*k*H*W*D`` (plus ``N*D*d`` on the transpose
+    path, where it is projected separately). ``None`` for other modules (their executed operations are counted instead).
     """
     from cbsa_dense.layers import CBSAAttention, LinearAttention, SoftmaxAttention
 
@@ -89,7 +91,12 @@ def attention_macs(module: nn.Module, num_tokens: int, grid: tuple[int, int]) ->
             return 2 * n * d * inner + 2 * n * n * inner
         m = module.grid[0] * module.grid[1]
         proj = 2 if module.variant == "shared" else 4
-        return proj * n * d * inner + 3 * m * n * inner + 2 * m * m * inner
+        local = module.local_kernel ** 2 * grid[0] * grid[1] * inner      # opt-in depthwise term on the patches
+        if module.broadcast == "query":     # extraction (logits, A v) + per-token softmax over m, and its product
+            return proj * n * d * inner + 4 * m * n * inner + local
+        if local:
+            local += n * inner * d            # the transpose path projects the local term separately
+        return proj * n * d * inner + 3 * m * n * inner + 2 * m * m * inner + local
     if isinstance(module, SoftmaxAttention):
         return 4 * n * d * inner + 2 * n * n * inner
     if isinstance(module, LinearAttention):

@@ -199,7 +199,7 @@ class CBSAAttention(TokenMixer):
         proj_drop: dropout after the output projection.
         local_kernel: **not in the paper** (opt-in): side of a depthwise convolution over the patch tokens'
             values (``local``, Agent Attention's DWC term), added to every patch token's output before
-            ``proj``. Zero-initialized, so the layer starts as the paper's; linear cost (``k*k*N*D``
+            ``proj``. Zero-initialized, so the layer starts as it would without it; linear cost (``k*k*N*D``
             MACs). It gives the layer the local detail that m pooled representatives cannot carry (the
             early blocks of a pretrained ViT attend very locally). ``0`` (default) = off.
     """
@@ -339,16 +339,16 @@ class CBSAAttention(TokenMixer):
         reps0 = self._pool(q, grid, num_prefix_tokens)                              # (B, h, m, p)
         values = None if self.variant == "shared" else v                            # None: v is k
         extraction, gathered = _apply(_Extraction, reps0 * self.scale, k, values, self.num_heads)
+        local = None if self.local is None else self._local_term(v, grid, num_prefix_tokens)   # (B, N, D)
         if self.broadcast == "query":
             qh = self._split_heads(q)
             out = F.scaled_dot_product_attention(qh, reps0.to(qh.dtype), gathered, scale=self.scale)
-            out = self._merge(out)
-        else:
-            reps = reps0 + self.step_rep * gathered
-            contracted = F.scaled_dot_product_attention(reps, reps, reps, scale=self.scale)  # (B, h, m, p)
-            out = self._broadcast(extraction, self.step_x * contracted)
-        if self.local is not None:
-            out = out + self.proj_drop(self._local_term(v, grid, num_prefix_tokens) @ self._output_weight())
+            return self._merge(out, local), extraction
+        reps = reps0 + self.step_rep * gathered
+        contracted = F.scaled_dot_product_attention(reps, reps, reps, scale=self.scale)  # (B, h, m, p)
+        out = self._broadcast(extraction, self.step_x * contracted)
+        if local is not None:            # the broadcast GEMM already applied proj: the local term needs its own
+            out = out + self.proj_drop(local @ self._output_weight())
         return out, extraction
 
     def _local_term(self, v: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
@@ -377,9 +377,12 @@ class CBSAAttention(TokenMixer):
         bias = None if self.proj is None else self.proj.bias
         return self.proj_drop(_apply(_BroadcastProject, extraction, right, bias))
 
-    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+    def _merge(self, out: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
+        """Heads (B, h, N, p) merged, plus the opt-in local term (B, N, D), through the output projection."""
         b, _, n, _ = out.shape
         merged = out.transpose(1, 2).reshape(b, n, self.inner_dim)
+        if local is not None:
+            merged = merged + local
         if self.proj is None:
             return self.proj_drop(merged @ self.qkv.weight)
         return self.proj_drop(self.proj(merged))

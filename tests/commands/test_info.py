@@ -66,3 +66,17 @@ def test_other_seg_configs_and_image_size(capsys):
     assert small["image_size"] == [96, 128] and small["params"] == big["params"]
     assert 3.5 < big["encoder_gflops"] / small["encoder_gflops"] < 4.5                # ~linear in tokens
     assert info(capsys, "--config", str(CONFIGS / "seg_custom.yaml"))["head_params"] > 0
+
+
+def test_attention_macs_of_the_query_broadcast_and_the_local_term():
+    """Worked out by hand for d = D = 384, 6 heads, m = 36, a 12x12 patch grid plus a CLS token (N = 145)."""
+    from cbsa_dense.commands.info import attention_macs
+    from cbsa_dense.layers import CBSAAttention
+
+    n, d, m, k2, hw = 145, 384, 36, 9, 144
+    qkv_proj = 4 * n * d * d                                   # qkv (3 N d D) + proj (N D d)
+    query = CBSAAttention(d, 6, grid=(6, 6), variant="qkv", broadcast="query", local_kernel=3)
+    assert attention_macs(query, n, (12, 12)) == qkv_proj + 4 * m * n * d + k2 * hw * d == 94_040_064
+    transpose = CBSAAttention(d, 6, grid=(6, 6), variant="qkv", local_kernel=3)
+    expected = qkv_proj + 3 * m * n * d + 2 * m * m * d + k2 * hw * d + n * d * d
+    assert attention_macs(transpose, n, (12, 12)) == expected == 114_412_032

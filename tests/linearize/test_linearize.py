@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Lightning's log handler binds to the stderr of its first import: import it at collection, not under one
+# test's captured stream (closed after that test, so later log lines would fail to print).
+import lightning.pytorch  # noqa: F401
 import pytest
 import torch
 from torch import nn
@@ -20,6 +23,7 @@ from cbsa_dense.linearize import (
     transfer_attention,
 )
 from cbsa_dense.models.encoders import ViTEncoder
+from tests.conftest import cli_user_error
 
 
 def tiny_vit(attn: nn.Module | type = SoftmaxAttention, depth: int = 2, **kw) -> ViTEncoder:
@@ -221,14 +225,12 @@ def test_linearize_command_writes_weights_that_pretrained_accepts(tiny_data, tmp
                                pretrained=str(weights))
     assert not softmax_start.linearized
     # Errors are one line: the shared variant cannot take softmax weights; no --out.
-    assert main(["linearize", *_finetune_args(root, tmp_path), "--diagnose-only",
-                 f"{enc}attn_layer.init_args.variant", "shared"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no softmax-compatible weights" in err[0], err
-    assert main(["linearize", *_finetune_args(root, tmp_path)]) == 2
-    assert "--out" in capsys.readouterr().err
-    assert main(["linearize", *_finetune_args(root, tmp_path), "--diagnose-only"]) == 2
-    assert "no pretrained weights" in capsys.readouterr().err
+    line = cli_user_error(["linearize", *_finetune_args(root, tmp_path), "--diagnose-only",
+                           f"{enc}attn_layer.init_args.variant", "shared"], capsys)
+    assert "no softmax-compatible weights" in line
+    assert "--out" in cli_user_error(["linearize", *_finetune_args(root, tmp_path)], capsys)
+    assert "no pretrained weights" in cli_user_error(["linearize", *_finetune_args(root, tmp_path), "--diagnose-only"],
+                                                     capsys)
 
 
 def test_fit_runs_the_transfer_once_and_not_on_resume(tiny_data, tmp_path):
