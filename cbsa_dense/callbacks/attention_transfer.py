@@ -44,14 +44,16 @@ class AttentionTransfer(Callback):
         holdout_batches: batches of a separate pass over the training loader used for early stopping.
         eval_every: steps between held-out evaluations; ``patience``: evaluations without improvement
             before stopping early.
+        double_size_check: also diagnose at twice the crop size (the resolution check). Turn it off for
+            large training images (detection at 1024: the softmax teacher at 2048 is expensive).
     """
 
     def __init__(self, steps: int = 150, train: Sequence[str] = ("step_sizes", "local"), calibrate: bool = False,
                  lr: float = 1e-2, qk_lr: float = 1e-4, holdout_batches: int = 8, eval_every: int = 25,
-                 patience: int = 4) -> None:
+                 patience: int = 4, double_size_check: bool = True) -> None:
         self.settings = LinearizeSettings(steps=steps, train=tuple(train), calibrate=calibrate, lr=lr, qk_lr=qk_lr,
                                           holdout_batches=holdout_batches, eval_every=eval_every,
-                                          patience=patience)
+                                          patience=patience, double_size_check=double_size_check)
         self.settings.check()
         self.done = False
 

@@ -28,6 +28,7 @@ class LinearizeSettings:
     holdout_batches: int = 8
     eval_every: int = 25
     patience: int = 4
+    double_size_check: bool = True
 
     def check(self) -> None:
         if self.steps < 0 or self.holdout_batches < 1 or self.eval_every < 1 or self.patience < 1:
@@ -75,10 +76,13 @@ class LinearizeReport:
                 "seconds": self.seconds}
 
 
-def _diagnoses(student, teacher, blocks, held: list[torch.Tensor]) -> dict[str, Diagnosis]:
+def _diagnoses(student, teacher, blocks, held: list[torch.Tensor], double_size: bool) -> dict[str, Diagnosis]:
     """At the training crop, and at twice its size (the held-out crops upsampled): the resolution check."""
-    double = [F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False) for x in held]
-    return {"crop": diagnose(student, teacher, blocks, held), "2x crop": diagnose(student, teacher, blocks, double)}
+    reports = {"crop": diagnose(student, teacher, blocks, held)}
+    if double_size:
+        double = [F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False) for x in held]
+        reports["2x crop"] = diagnose(student, teacher, blocks, double)
+    return reports
 
 
 def linearize_encoder(encoder: torch.nn.Module, loader: DataLoader, settings: LinearizeSettings,
@@ -89,7 +93,7 @@ def linearize_encoder(encoder: torch.nn.Module, loader: DataLoader, settings: Li
     blocks = cbsa_blocks(encoder)
     teacher = build_teacher(encoder)
     held = holdout_batches(loader, settings.holdout_batches)
-    report = LinearizeReport(before=_diagnoses(encoder, teacher, blocks, held))
+    report = LinearizeReport(before=_diagnoses(encoder, teacher, blocks, held, settings.double_size_check))
     if not diagnose_only:
         if settings.calibrate:
             report.calibration = calibrate_step_sizes(encoder, teacher, blocks, held[: max(len(held) // 2, 1)])
@@ -98,6 +102,6 @@ def linearize_encoder(encoder: torch.nn.Module, loader: DataLoader, settings: Li
                                                  steps=settings.steps, train=settings.train, lr=settings.lr,
                                                  qk_lr=settings.qk_lr, eval_every=settings.eval_every,
                                                  patience=settings.patience, progress=progress)
-        report.after = _diagnoses(encoder, teacher, blocks, held)
+        report.after = _diagnoses(encoder, teacher, blocks, held, settings.double_size_check)
     report.seconds = time.perf_counter() - started
     return report

@@ -76,8 +76,7 @@ def transfer_loss(student: TokenEncoder, blocks: list[int], targets: dict, grid:
 
 
 @torch.no_grad()
-def holdout_loss(student: TokenEncoder, teacher: TokenEncoder, blocks: list[int],
-                 forced: list[tuple[dict, tuple[int, int]]]) -> float:
+def holdout_loss(student: TokenEncoder, blocks: list[int], forced: list[tuple[dict, tuple[int, int]]]) -> float:
     return sum(transfer_loss(student, blocks, t, g).item() for t, g in forced) / max(len(forced), 1)
 
 
@@ -105,7 +104,7 @@ def transfer_attention(student: TokenEncoder, teacher: TokenEncoder, blocks: lis
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     forced = [teacher_targets(teacher, images, blocks)[:2] for images in holdout]
     student.eval()                                      # no dropout / drop-path while matching the teacher
-    before = best = holdout_loss(student, teacher, blocks, forced)
+    before = best = holdout_loss(student, blocks, forced)
     best_state, best_step, stale, history = [p.detach().clone() for p in trained], 0, 0, [(0, before)]
     step = 0
     try:
@@ -121,7 +120,7 @@ def transfer_attention(student: TokenEncoder, teacher: TokenEncoder, blocks: lis
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", best=f"{best:.3f}")
             if step % eval_every == 0 or step == steps:
-                current = holdout_loss(student, teacher, blocks, forced)
+                current = holdout_loss(student, blocks, forced)
                 history.append((step, current))
                 if current < best:
                     best, best_step, stale = current, step, 0

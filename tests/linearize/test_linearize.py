@@ -236,7 +236,8 @@ def test_linearize_command_writes_weights_that_pretrained_accepts(tiny_data, tmp
 def test_fit_runs_the_transfer_once_and_not_on_resume(tiny_data, tmp_path):
     root, weights = tiny_data
     enc = "--model.init_args.encoder.init_args."
-    transfer = json.dumps([{"class_path": "AttentionTransfer", "init_args": {"steps": 4, "eval_every": 2}},
+    transfer = json.dumps([{"class_path": "AttentionTransfer",
+                            "init_args": {"steps": 4, "eval_every": 2, "double_size_check": False}},
                            {"class_path": "TaskCheckpoint", "init_args": {"save_weights_only": False}}])
     args = _finetune_args(root, tmp_path, f"{enc}pretrained", str(weights), "--trainer.callbacks", transfer,
                           "--trainer.val_check_interval", "2")
@@ -244,6 +245,7 @@ def test_fit_runs_the_transfer_once_and_not_on_resume(tiny_data, tmp_path):
     run = tmp_path / "runs" / "finetune_cpu" / "version_0"
     report = json.loads((run / "attention_transfer.json").read_text())
     assert report["transfer"]["steps"] == 4
+    assert set(report["before"]) == set(report["after"]) == {"crop"}      # no 2x diagnosis when turned off
     ckpt = run / "checkpoints" / "last.ckpt"
     stored = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert any(v == {"done": True} for k, v in stored["callbacks"].items() if "AttentionTransfer" in k)
