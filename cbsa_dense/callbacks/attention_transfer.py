@@ -32,7 +32,8 @@ class AttentionTransfer(Callback):
 
     Deterministic given the run's seed (the crops come from the training loader, seeded by it). Under DDP
     every rank runs the transfer on its own shard of the crops, then rank 0's parameters are
-    broadcast so that all ranks start fine-tuning from the same model.
+    broadcast so that all ranks start fine-tuning from the same model. Strategies that shard parameters
+    (FSDP, DeepSpeed) are refused with a pointer to ``cbsa-dense linearize``.
 
     Args:
         steps: transfer steps (batches of the training loader); ``0`` = no training (calibration only).
@@ -89,6 +90,12 @@ class AttentionTransfer(Callback):
         datamodule = trainer.datamodule
         if datamodule is None:
             raise ConfigError("AttentionTransfer needs a datamodule (its training images are the transfer's data)")
+        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise ConfigError(f"AttentionTransfer runs under a single device or DDP, not {type(trainer.strategy).__name__}"
+                              " (its parameters are sharded): run `cbsa-dense linearize ... --out enc.safetensors` "
+                              "first and give that file as the encoder's pretrained weights")
         report = linearize_encoder(encoder, datamodule.train_dataloader(), self.settings,
                                    progress=trainer.progress_bar_callback is not None)
         if trainer.world_size > 1:

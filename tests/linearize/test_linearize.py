@@ -281,3 +281,18 @@ def test_transfer_callback_skips_only_what_has_nothing_to_match(case, caplog):
         callback.on_train_start(trainer, task)
     assert callback.done and "attention transfer: skipped" in caplog.text
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
+
+
+def test_transfer_callback_refuses_sharded_strategies():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from cbsa_dense.callbacks import AttentionTransfer
+
+    encoder = pretrained_cbsa()
+    encoder.pretrained_from = "softmax_vit.pth"
+    task = SimpleNamespace(model=SimpleNamespace(encoder=encoder), weights=None)
+    trainer = SimpleNamespace(ckpt_path=None, datamodule=object(), strategy=FSDPStrategy())
+    with pytest.raises(ConfigError, match="cbsa-dense linearize"):
+        AttentionTransfer(steps=2).on_train_start(trainer, task)
