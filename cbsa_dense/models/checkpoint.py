@@ -336,11 +336,17 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     loaded: int = 0
 
-    def summary(self) -> str:
-        lines = [f"missing keys ({len(self.missing)}): {self.missing[:20]}",
-                 f"unexpected keys ({len(self.unexpected)}): {self.unexpected[:20]}",
-                 f"shape-mismatched keys ({len(self.mismatched)}, left at init): "
-                 + ", ".join(f"{k} file{tuple(a)} vs model{tuple(b)}" for k, a, b in self.mismatched[:20])]
+    def summary(self, limit: int = 20) -> str:
+        """Three lines (missing, unexpected, shape-mismatched keys), each listing at most ``limit`` keys and
+        saying so when it lists fewer than there are."""
+        def count(items: list, note: str = "") -> str:
+            shown = f", first {limit} shown" if len(items) > limit else ""
+            return f"({len(items)}{note}{shown})"
+
+        lines = [f"missing keys {count(self.missing)}: {self.missing[:limit]}",
+                 f"unexpected keys {count(self.unexpected)}: {self.unexpected[:limit]}",
+                 f"shape-mismatched keys {count(self.mismatched, ', left at init')}: "
+                 + ", ".join(f"{k} file{tuple(a)} vs model{tuple(b)}" for k, a, b in self.mismatched[:limit])]
         return "\n".join(lines)
 
 

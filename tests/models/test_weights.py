@@ -150,3 +150,14 @@ def test_missing_pretrained_file_is_named():
 
     with pytest.raises(CheckpointError, match=r"weights file /nowhere/vit_small\.safetensors does not exist"):
         ViTEncoder(img_size=32, embed_dim=32, depth=1, num_heads=2, pretrained="/nowhere/vit_small.safetensors")
+
+
+def test_load_report_says_when_it_lists_fewer_keys_than_there_are():
+    from cbsa_dense.models.checkpoint import LoadReport
+
+    report = LoadReport(missing=[f"blocks.{i}.attn.step_x" for i in range(24)], unexpected=["head.weight"])
+    missing, unexpected, mismatched = report.summary().splitlines()
+    assert missing.startswith("missing keys (24, first 20 shown): ") and "blocks.19." in missing
+    assert "blocks.20." not in missing
+    assert unexpected == "unexpected keys (1): ['head.weight']"
+    assert mismatched == "shape-mismatched keys (0, left at init): "
