@@ -36,14 +36,14 @@ def calibrate_step_sizes(student: TokenEncoder, teacher: TokenEncoder, blocks: l
     for i in blocks:
         attn = student.blocks[i].attn
         heads = attn.num_heads
+        target_norm = sum(targets[i].target.double().square().sum().item() for targets, _ in forced)
         best = None
         for eta in eta_grid:
             gram = torch.zeros(heads, heads, dtype=torch.float64)
             cross = torch.zeros(heads, dtype=torch.float64)
             total = 0.0
-            target_norm = 0.0
+            attn.step_rep.fill_(eta)
             for targets, grid in forced:
-                attn.step_rep.fill_(eta)
                 attn.step_x.zero_()
                 const = student_output(student, i, targets[i], grid).flatten().double()
                 columns = []
@@ -56,7 +56,6 @@ def calibrate_step_sizes(student: TokenEncoder, teacher: TokenEncoder, blocks: l
                 gram += basis.T @ basis
                 cross += basis.T @ rest
                 total += rest.square().sum().item()
-                target_norm += targets[i].target.double().square().sum().item()
             kappa = torch.linalg.lstsq(gram, cross.unsqueeze(1)).solution.squeeze(1)
             residual = total - 2 * kappa @ cross + kappa @ gram @ kappa
             error = max(residual.item(), 0.0) / max(target_norm, 1e-30)

@@ -15,10 +15,8 @@ HOLDOUT_EPOCH = 10_000
 
 def _images(batch) -> torch.Tensor:
     images = batch.get("image") if isinstance(batch, dict) else None
-    if isinstance(images, torch.Tensor):
+    if isinstance(images, torch.Tensor):          # the collates stack images whenever their sizes agree
         return images
-    if isinstance(images, (list, tuple)) and images and len({tuple(i.shape) for i in images}) == 1:
-        return torch.stack(list(images))
     raise ConfigError("attention transfer needs a training loader whose batches hold same-size 'image' tensors "
                       f"(a segmentation or COCO datamodule of this package); got a {type(batch).__name__} batch")
 
