@@ -148,8 +148,10 @@ class DetectionPredictor(Predictor):
     """``predict`` returns per image ``{"boxes": (N, 4) float xyxy original pixels, "scores": (N,), "labels":
     (N,) int64 class indices, "class_names": N names}`` (plus ``"masks"`` (N, H, W) bool with a mask head).
 
-    Protocol: longest side resized to the checkpoint's ``image_size`` and zero-padded to a square, the
-    training normalization, the stored head's detection limit; boxes mapped back to original pixels.
+    Protocol: the checkpoint's data ``eval_mode``: ``resize`` (longest side resized to ``image_size`` and
+    zero-padded to a square), ``native`` (the image at its own size) or ``tiled`` (``image_size`` tiles
+    overlapping by ``tile_overlap``, merged); the training normalization, the stored head's detection limit;
+    boxes mapped back to original pixels. ``eval_mode`` and ``tile_overlap`` can be set on the predictor.
     """
 
     def __init__(self, task, protocol: dict, device: str | torch.device) -> None:
@@ -158,7 +160,18 @@ class DetectionPredictor(Predictor):
         if size is None:
             raise CheckpointError("the checkpoint records no detection input size (data_info image_size): set "
                                   "predictor.image_size before predicting")
-        self.image_size = int(size)
+        self._eval_mode = str(protocol.get("eval_mode") or "resize")
+        self._image_size = int(size)
+        self._tile_overlap = protocol.get("tile_overlap")
+        self._build()
+
+    def _build(self) -> None:
+        from cbsa_dense.data.coco_datamodule import resolve_eval_mode
+        from cbsa_dense.data.det_transforms import DetectionTransform
+
+        self._tile_overlap = resolve_eval_mode(self._eval_mode, self._tile_overlap, self._image_size)
+        self.transform = DetectionTransform(self._image_size, train=False, mean=self.mean, std=self.std,
+                                            native=self._eval_mode != "resize")
 
     @property
     def image_size(self) -> int:
@@ -166,19 +179,40 @@ class DetectionPredictor(Predictor):
 
     @image_size.setter
     def image_size(self, value: int) -> None:
-        from cbsa_dense.data.det_transforms import DetectionTransform
-
         self._image_size = int(value)
-        self.transform = DetectionTransform(self._image_size, train=False, mean=self.mean, std=self.std)
+        self._build()
+
+    @property
+    def eval_mode(self) -> str:
+        return self._eval_mode
+
+    @eval_mode.setter
+    def eval_mode(self, value: str) -> None:
+        self._eval_mode = str(value)
+        self._build()
+
+    @property
+    def tile_overlap(self) -> int:
+        return self._tile_overlap
+
+    @tile_overlap.setter
+    def tile_overlap(self, value: int) -> None:
+        self._tile_overlap = value
+        self._build()
 
     def describe(self) -> str:
         """The protocol in one line."""
+        if self._eval_mode == "native":
+            return "eval_mode native (the image at its own size)"
+        if self._eval_mode == "tiled":
+            return f"eval_mode tiled ({self.image_size} px tiles overlapping by {self.tile_overlap} px)"
         return f"image_size {self.image_size} (longest side, zero-padded square)"
 
     def _predict_one(self, image: np.ndarray) -> dict:
         out = self.transform(image, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), [])
         batch = {"image": out["image"][None].to(self.device), "image_size": [tuple(out["image_size"])],
-                 "scale": [tuple(float(v) for v in out["scale"])], "orig_size": [tuple(image.shape[:2])]}
+                 "scale": [tuple(float(v) for v in out["scale"])], "orig_size": [tuple(image.shape[:2])],
+                 "tile": (self.image_size, self.tile_overlap) if self.eval_mode == "tiled" else None}
         pred = self.task.predict_batch(batch)[0]
         labels = pred["labels"].cpu().numpy().astype(np.int64)
         result = {"boxes": pred["boxes"].cpu().numpy(), "scores": pred["scores"].cpu().numpy(), "labels": labels,

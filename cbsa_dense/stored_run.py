@@ -211,8 +211,8 @@ def apply_eval_settings(config, stored: StoredRun, argv: list[str]) -> dict[str,
 
     Task settings (segmentation ``inference``, detection ``max_detection_thresholds`` and the head's
     ``detections_per_img``) are stored task arguments, already replayed as defaults; the data settings
-    (``eval_scale``; detection ``image_size``, longest side resized and zero-padded to a square) are set
-    here from what the checkpoint records.
+    (``eval_scale``; detection ``image_size``, ``eval_mode`` (resize, native or tiled) and ``tile_overlap``)
+    are set here from what the checkpoint records.
 
     Returns:
         ``{part: source}``, source ``"checkpoint"`` or ``"config/command line"``.
@@ -248,8 +248,8 @@ def apply_eval_settings(config, stored: StoredRun, argv: list[str]) -> dict[str,
             if head_args is not None and key in head_args:
                 origin = "config/command line" if _given(argv, "model", f"head.init_args.{key}") else "checkpoint"
                 parts.append(f"{key} {head_args[key]} (from the {origin})")
-    for key in ("eval_scale", "image_size") if data_args is not None else ():
-        if key not in data_args or (key == "image_size" and not detection):
+    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap") if data_args is not None else ():
+        if key not in data_args or (key != "eval_scale" and not detection):
             continue
         origin = source("data", key)
         if origin == "checkpoint" and key in recorded:
@@ -259,7 +259,10 @@ def apply_eval_settings(config, stored: StoredRun, argv: list[str]) -> dict[str,
             origin = sources[key] = "data's default; the checkpoint records none"
         value = data_args[key]
         shown = list(value) if isinstance(value, tuple) else value
-        rule = ", longest side resized, zero-padded square" if key == "image_size" else ""
+        rule = (", longest side resized, zero-padded square" if key == "image_size"
+                and data_args.get("eval_mode", "resize") == "resize" else "")
+        if key == "tile_overlap" and data_args.get("eval_mode") != "tiled":
+            continue
         parts.append(f"{key} {shown}{rule} (from the {origin})")
     if parts and rank_zero_only.rank == 0:
         print(f"evaluation protocol of {stored.path}: " + "; ".join(parts), file=sys.stderr)

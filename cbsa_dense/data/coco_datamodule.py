@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def _check_settings(image_size, scale_range, hflip, min_box_size, mean, std, bat
     check_normalization(mean, std)
 
 
+#: How validation, test and predict feed images to the model (``eval_mode``).
+EVAL_MODES = ("resize", "native", "tiled")
+
+
+def resolve_eval_mode(eval_mode: str, tile_overlap: int | None, image_size: int) -> int:
+    """Check ``eval_mode`` / ``tile_overlap`` against ``image_size`` (ConfigError naming the value); returns the
+    overlap in pixels (default a quarter of the tile)."""
+    if eval_mode not in EVAL_MODES:
+        raise ConfigError(f"data eval_mode={eval_mode!r} is invalid: give one of {', '.join(EVAL_MODES)}")
+    overlap = image_size // 4 if tile_overlap is None else tile_overlap
+    if not _is_int(overlap) or not 0 <= overlap < image_size // 2:
+        raise ConfigError(f"data tile_overlap={tile_overlap!r} is invalid: give pixels in [0, image_size / 2 = "
+                          f"{image_size // 2}) (at least the largest object's side, so each object lies whole in "
+                          "one tile)")
+    return int(overlap)
+
+
 class COCODetectionDataModule(LightningDataModule):
     """COCO-format detection data: validated jsons, LSJ training and resize+pad evaluation pipelines.
 
@@ -74,6 +92,18 @@ class COCODetectionDataModule(LightningDataModule):
             images-only json works; default: test, then val).
         predict_images: image directory of ``predict_json`` (default: test, then val images).
         image_size: side of the square input (longest-side resize + pad; LSJ crop in training).
+        eval_mode: how validation, test and predict see an image. ``resize`` (default): longest side resized
+            to ``image_size`` and zero-padded to a square, as in training. ``native``: the whole image at its
+            original pixel size, one forward pass (global CBSA attention; cost linear in the pixels).
+            ``tiled``: the original-size image cut into ``image_size`` tiles that overlap by
+            ``tile_overlap`` pixels, detections merged across tiles (each tile keeps the detections centred in
+            its own part of the overlap, then class-wise NMS at the head's threshold; see
+            :mod:`cbsa_dense.tasks.tiled_detection`). ``native`` and ``tiled`` suit photos much larger than
+            ``image_size`` whose objects have the training images' pixel size (aerial and microscope images,
+            tiles cut from the same kind of photo); the resize would shrink their objects. It is stored in
+            checkpoints and replayed by ``test``/``validate``/``predict``.
+        tile_overlap: overlap of neighbouring tiles in pixels (``tiled``; default ``image_size // 4``): give at
+            least the largest object's side.
         scale_range: large-scale-jitter scale range in training.
         hflip: horizontal flip probability in training.
         min_box_size: training boxes smaller than this (pixels, after augmentation) are dropped.
@@ -97,7 +127,8 @@ class COCODetectionDataModule(LightningDataModule):
     def __init__(self, root: str | None = None, train_json: str | None = None, train_images: str | None = None,
                  val_json: str | None = None, val_images: str | None = None, test_json: str | None = None,
                  test_images: str | None = None, predict_json: str | None = None,
-                 predict_images: str | None = None, image_size: int = 1024,
+                 predict_images: str | None = None, image_size: int = 1024, eval_mode: str = "resize",
+                 tile_overlap: int | None = None,
                  scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
@@ -121,6 +152,8 @@ class COCODetectionDataModule(LightningDataModule):
                 raise ConfigError(f"data {split}_json / {split}_images: give both the json and the image directory "
                                   f"(got {json_path!r}, {images!r})")
         self.image_size = image_size
+        self.tile_overlap = resolve_eval_mode(eval_mode, tile_overlap, image_size)
+        self.eval_mode = eval_mode
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.min_box_size = min_box_size
@@ -207,7 +240,7 @@ class COCODetectionDataModule(LightningDataModule):
         train = split == "train"
         transform = DetectionTransform(self.image_size, train=train, scale_range=self.scale_range,
                                        hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
-                                       std=self.std)
+                                       std=self.std, native=self.eval_mode != "resize")
         dataset = COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
                                        with_masks=self.with_masks, with_gt=split != "train")
         if train and not len(dataset):
@@ -235,8 +268,10 @@ class COCODetectionDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         dataset = self.datasets[split]
+        tile = (self.image_size, self.tile_overlap) if self.eval_mode == "tiled" else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > batch_size,
-                          num_workers=self.num_workers, collate_fn=collate_detection, worker_init_fn=seed_worker,
+                          num_workers=self.num_workers, collate_fn=functools.partial(collate_detection, tile=tile),
+                          worker_init_fn=seed_worker,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

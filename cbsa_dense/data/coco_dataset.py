@@ -464,8 +464,11 @@ class COCODetectionDataset(Dataset):
         return sample
 
 
-def collate_detection(samples: list[dict]) -> dict:
-    """Batch samples: images padded (bottom/right, zeros) to a common size; the rest as lists."""
+def collate_detection(samples: list[dict], tile: tuple[int, int] | None = None) -> dict:
+    """Batch samples: images padded (bottom/right, zeros) to a common size; the rest as lists.
+
+    ``tile``: (tile size, overlap) of tiled evaluation, carried as ``batch["tile"]`` (the task tiles).
+    """
     heights = [s["image"].shape[-2] for s in samples]
     widths = [s["image"].shape[-1] for s in samples]
     images = samples[0]["image"].new_zeros((len(samples), 3, max(heights), max(widths)))
@@ -478,4 +481,6 @@ def collate_detection(samples: list[dict]) -> dict:
     if "masks" in batch:
         batch["masks"] = [torch.nn.functional.pad(m, (0, max(widths) - m.shape[-1], 0, max(heights) - m.shape[-2]))
                           for m in batch["masks"]]
+    if tile is not None:
+        batch["tile"] = tuple(int(v) for v in tile)
     return batch

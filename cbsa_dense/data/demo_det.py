@@ -181,8 +181,8 @@ class DemoDetectionDataModule(COCODetectionDataModule):
         num_threads: torch intra-op CPU threads of the training process, set at setup (``None``: torch's
             default, one per core). On CPUs shared with other jobs, 1 avoids the oversubscription stalls
             that made a 2-thread run 5-10x slower in our measurements.
-        image_size, scale_range, hflip, min_box_size, with_masks, batch_size, eval_batch_size,
-            num_workers, global_batch_size: as in :class:`COCODetectionDataModule` (the json/image paths are set here).
+        image_size, eval_mode, tile_overlap, scale_range, hflip, min_box_size, with_masks, batch_size,
+            eval_batch_size, num_workers, global_batch_size: as in :class:`COCODetectionDataModule` (the json/image paths are set here).
     """
 
     def __init__(self, root: str = "data_cache/demo_coco", num_train: int = 320, num_val: int = 64,
@@ -190,9 +190,11 @@ class DemoDetectionDataModule(COCODetectionDataModule):
                  scale_range: tuple[float, float] = (0.75, 1.25), hflip: float = 0.5, min_box_size: float = 1.0,
                  with_masks: bool = False, batch_size: int = 8, eval_batch_size: int | None = None,
                  num_workers: int = 1, num_threads: int | None = None,
-                 global_batch_size: int | None = None) -> None:
+                 global_batch_size: int | None = None, eval_mode: str = "resize",
+                 tile_overlap: int | None = None) -> None:
         super().__init__(root=root, train_json="annotations/instances_train.json", train_images="train",
                          val_json="annotations/instances_val.json", val_images="val", image_size=image_size,
+                         eval_mode=eval_mode, tile_overlap=tile_overlap,
                          scale_range=scale_range, hflip=hflip, min_box_size=min_box_size, with_masks=with_masks,
                          batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          global_batch_size=global_batch_size)

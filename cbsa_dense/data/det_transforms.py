@@ -57,6 +57,8 @@ class DetectionTransform:
         min_box_size: boxes narrower or lower than this (pixels, after augmentation) are dropped.
         mean: per-channel mean of [0, 1] pixels.
         std: per-channel std of [0, 1] pixels.
+        native: evaluation at the original size (no resize, no square padding; ``scale`` (1, 1)): the data's
+            ``eval_mode`` ``native`` and ``tiled``. Ignored in training.
 
     Returns (call): ``image`` (3, S, S) float32, ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64,
     ``masks`` list of (S, S) uint8, ``scale`` (y, x) input pixels per original pixel (eval; the resize
@@ -65,18 +67,20 @@ class DetectionTransform:
 
     def __init__(self, image_size: int, train: bool, scale_range: tuple[float, float] = (0.1, 2.0),
                  hflip: float = 0.5, min_box_size: float = 1.0, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, native: bool = False) -> None:
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ConfigError(f"data scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.image_size = int(image_size)
         self.train = train
+        self.native = native and not train
         geometry: list = [A.LongestMaxSize(max_size=self.image_size)]
         if train:
             geometry += [_RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
                          A.PadIfNeeded(self.image_size, self.image_size, position="top_left", fill=0, fill_mask=0),
                          A.RandomCrop(self.image_size, self.image_size),
                          A.HorizontalFlip(p=hflip)]
+        self.normalize = A.Compose([A.Normalize(mean=tuple(mean), std=tuple(std))])
         self.pipeline = A.Compose(
             [A.Normalize(mean=tuple(mean), std=tuple(std)), *geometry],
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "indices"], clip=True,
@@ -88,6 +92,12 @@ class DetectionTransform:
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> dict:
         h, w = image.shape[:2]
+        if self.native:                      # original pixels, only normalized; the collate and detector pad
+            img = self.normalize(image=image)["image"]
+            return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1).contiguous(),
+                    "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                    "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
+                    "masks": [np.asarray(m, dtype=np.uint8) for m in masks], "scale": (1.0, 1.0), "image_size": (h, w)}
         args = {"image": image, "bboxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
                 "labels": np.asarray(labels, dtype=np.int64), "indices": np.arange(len(boxes), dtype=np.int64)}
         if masks:

@@ -264,12 +264,12 @@ def stored_eval_args(checkpoint: dict) -> dict:
 
 def stored_data_eval(checkpoint: dict) -> dict:
     """The data's evaluation settings a checkpoint records: ``eval_scale`` (segmentation; ``None`` = original
-    size) and ``image_size`` (detection), those present, from ``data_info`` (earlier versions:
+    size) and ``image_size``, ``eval_mode``, ``tile_overlap`` (detection), those present, from ``data_info`` (earlier versions:
     ``eval_protocol``)."""
     info = checkpoint.get("data_info") or {}
     protocol = checkpoint.get("eval_protocol") or {}
     found = {}
-    for key in ("eval_scale", "image_size"):
+    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap"):
         for source in (info, protocol):
             if key in source:
                 found[key] = source[key]
