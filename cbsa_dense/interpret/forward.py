@@ -36,19 +36,16 @@ def render_output(model: nn.Module, output, image: np.ndarray, class_names: list
         image: (H, W, 3) uint8, the image at the model's input resolution.
         class_names: names for box labels.
         palette: (C, 3) colours for segmentation classes.
-        score_threshold: detections below it are not drawn.
+        score_threshold: detections scoring below it are not drawn
+            (:func:`~cbsa_dense.interpret.det_overlay.draw_detections`).
         index: the image's index in the batch.
     """
     h, w = image.shape[:2]
     if is_detector(model):
-        from torchvision.utils import draw_bounding_boxes
+        from cbsa_dense.interpret.det_overlay import draw_detections
 
         det = output[index]
-        keep = det["scores"] > score_threshold
-        names = class_names or [str(i) for i in range(model.num_classes)]
-        labels = [f"{names[int(c)]} {float(s):.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep])]
-        canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        return draw_bounding_boxes(canvas, det["boxes"][keep].cpu(), labels=labels, width=2).permute(1, 2, 0).numpy()
+        return draw_detections(image, det["boxes"], det["scores"], det["labels"], class_names, score_threshold)
     logits = output[index:index + 1]
     if logits.shape[-2:] != (h, w):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
