@@ -38,6 +38,9 @@ class BaseTask(LightningModule):
         weight_decay: override of the optimizer's weight decay for decayed groups (norms, biases,
             position embeddings, tokens and CBSA step sizes are never decayed).
         layer_decay: layer-wise lr decay factor over encoder blocks (e.g. 0.65), or ``None``.
+        head_lr_scale: lr multiplier of everything outside the encoder (neck, head), on top of the layer
+            decay (which gives them the full lr): fine-tuning pretrained weights with a fresh head often
+            wants e.g. 10 (``finetune_det_cpu.yaml``). Must be > 0.
         freeze: glob patterns of parameter names to freeze (e.g. ``["encoder.*"]``).
         weights: weights-only initialization of ``model`` at the start of a fresh ``fit`` (not when
             resuming with ``--ckpt_path``): a checkpoint of this project, a plain state dict, the authors'
@@ -51,8 +54,11 @@ class BaseTask(LightningModule):
     def __init__(self, optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, weight_decay: float | None = None,
                  layer_decay: float | None = None, freeze: list[str] | None = None,
-                 weights: str | None = None, weights_strict: bool = True) -> None:
+                 weights: str | None = None, weights_strict: bool = True, head_lr_scale: float = 1.0) -> None:
         super().__init__()
+        if isinstance(head_lr_scale, bool) or not isinstance(head_lr_scale, (int, float)) or not head_lr_scale > 0:
+            raise ConfigError(f"model head_lr_scale={head_lr_scale!r} is invalid: give an lr multiplier > 0")
+        self.head_lr_scale = float(head_lr_scale)
         self.weights = weights
         self.weights_strict = weights_strict
         self.optimizer_fn = optimizer
@@ -157,7 +163,7 @@ class BaseTask(LightningModule):
 
     def configure_optimizers(self):
         groups = param_groups(self, weight_decay=self.weight_decay, layer_decay=self.layer_decay,
-                              num_layers=self.num_encoder_layers())
+                              num_layers=self.num_encoder_layers(), head_lr_scale=self.head_lr_scale)
         for group in groups:
             group.pop("names")
         make_optimizer = self.optimizer_fn or self.default_optimizer

@@ -27,6 +27,16 @@ _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "m
 
 #: The evaluation resize of :class:`~cbsa_dense.data.det_transforms.DetectionTransform` (recorded in checkpoints).
 RESIZE_RULE = "longest side to image_size, zero-padded to image_size x image_size"
+#: The same for the data's other ``eval_mode``\s.
+EVAL_RULES = {"resize": RESIZE_RULE, "native": "original size, one pass",
+              "tiled": "original size, image_size tiles overlapping by tile_overlap, merged"}
+
+
+def head_nms_settings(head) -> tuple[float, int | None]:
+    """The head's class-wise NMS IoU threshold and per-image detection limit (FCOS / RetinaNet attributes,
+    or the R-CNN heads' ``roi_heads``)."""
+    source = head.roi_heads if hasattr(head, "roi_heads") else head
+    return float(getattr(source, "nms_thresh", 0.5)), getattr(source, "detections_per_img", None)
 
 
 class DetectionTask(BaseTask):
@@ -62,10 +72,21 @@ class DetectionTask(BaseTask):
             (a hyper-parameter; the data's ``image_size`` in ``checkpoint["data_info"]``) and
             ``test``/``validate``/``predict`` use it unless the command line or config gives one.
         results_dir: where ``test_results.json`` / ``predictions.json`` go (default: the trainer's log dir).
+        overlays: ``predict`` also draws each image's detections over the original image file, at its
+            original size, into ``<results_dir>/overlays/<file_name>.png`` (the json's ``file_name`` with
+            ``.png`` for its suffix; two files that would get the same name get ``_<image id>`` appended).
+            Boxes are labelled ``"<class> <score>"``, one colour per class; line width and font follow the
+            image size; in crowded images boxes smaller than a text line get no label and a label that
+            would cover a higher-scoring box's label is left out
+            (:func:`~cbsa_dense.interpret.det_overlay.draw_detections`). Under DDP every process writes
+            the overlays of the images it predicted. An output setting (not a hyper-parameter).
+        overlay_score_threshold: the overlays show detections scoring at least this (in [0, 1]);
+            ``predictions.json`` keeps every detection. An output setting.
         optimizer: see :class:`BaseTask`; default AdamW lr 1e-4, weight decay 0.1 (ViTDet).
         lr_scheduler: see :class:`BaseTask`; default 250 warm-up iterations, then x0.1 at 89% and 96%.
         weight_decay: see :class:`BaseTask`.
         layer_decay: layer-wise lr decay over encoder blocks (ViTDet: 0.7 for ViT-B).
+        head_lr_scale: lr multiplier of the neck and head (see :class:`BaseTask`).
         freeze: see :class:`BaseTask`.
         weights: weights-only init at the start of ``fit`` (see :class:`BaseTask`).
         weights_strict: see :class:`BaseTask`.
@@ -79,18 +100,27 @@ class DetectionTask(BaseTask):
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = 0.7,
                  freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True,
-                 max_detection_thresholds: list[int] | None = None) -> None:
+                 max_detection_thresholds: list[int] | None = None, head_lr_scale: float = 1.0, overlays: bool = True,
+                 overlay_score_threshold: float = 0.3) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
-                         layer_decay=layer_decay, freeze=freeze, weights=weights, weights_strict=weights_strict)
+                         layer_decay=layer_decay, freeze=freeze, weights=weights, weights_strict=weights_strict,
+                         head_lr_scale=head_lr_scale)
+        if not 0.0 <= overlay_score_threshold <= 1.0:
+            raise ConfigError(f"model overlay_score_threshold={overlay_score_threshold!r} is invalid: give a score "
+                              "in [0, 1]")
         # Output settings stay out of the checkpoint's hyper-parameters (a stored folder means nothing
         # elsewhere); the evaluation's detection limits are hyper-parameters, replayed as defaults that a
         # command line or config overrides (:mod:`cbsa_dense.stored_run`).
-        self.save_hyperparameters(ignore=["results_dir", "mask_threshold"]
+        self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "overlays", "overlay_score_threshold"]
                                   + ([] if under_cli() else ["encoder", "neck", "head"]))
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
         self.results_dir = results_dir
+        self.overlays = overlays
+        self.overlay_score_threshold = overlay_score_threshold
+        self._overlay_targets: dict[int, tuple | None] = {}
+        self._overlay_count = 0
         self.iou_types = ("bbox", "segm") if self.model.with_masks else ("bbox",)
         self.max_detection_thresholds = check_max_dets(
             COCO_MAX_DETS if max_detection_thresholds is None else max_detection_thresholds, "max_detection_thresholds")
@@ -130,7 +160,7 @@ class DetectionTask(BaseTask):
         checkpoint["data_info"].setdefault("class_names", list(self.class_names))
         # The evaluation's settings travel as hyper-parameters (the head's detection limit, the metric's
         # ``max_detection_thresholds``) and in ``data_info`` (the input ``image_size`` and its resize rule).
-        checkpoint["data_info"]["resize"] = RESIZE_RULE
+        checkpoint["data_info"]["resize"] = EVAL_RULES[checkpoint["data_info"].get("eval_mode", "resize")]
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and "_class_path" in hparams:
             hparams["max_detection_thresholds"] = list(self.max_detection_thresholds)
@@ -158,8 +188,26 @@ class DetectionTask(BaseTask):
         return loss
 
     def predict_batch(self, batch: dict) -> list[dict[str, Tensor]]:
-        """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``)."""
+        """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``).
+
+        A batch with ``tile`` (tile size, overlap: the data's ``eval_mode: tiled``) is detected tile by tile
+        (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`).
+        """
+        if batch.get("tile") is not None:
+            return self._predict_tiled(batch)
         detections = self.model(batch["image"], batch["image_size"])
+        return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
+
+    def _predict_tiled(self, batch: dict) -> list[dict[str, Tensor]]:
+        from cbsa_dense.tasks.tiled_detection import detect_tiled
+
+        if self.model.with_masks:
+            raise ConfigError(f"{type(self.model.head).__name__} predicts masks, which tiled evaluation does not "
+                              "merge: use data eval_mode native or resize")
+        tile, overlap = batch["tile"]
+        nms_thresh, max_dets = head_nms_settings(self.model.head)
+        detections = [detect_tiled(self.model, image[:, :h, :w], tile, overlap, nms_thresh, max_dets)
+                      for image, (h, w) in zip(batch["image"], batch["image_size"])]
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
 
     def _update(self, metric: COCOMeanAveragePrecision, batch: dict, preds: list[dict]) -> None:
@@ -181,8 +229,11 @@ class DetectionTask(BaseTask):
         self._results.extend(self.to_coco_results(preds, batch["image_id"]))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        results = self.to_coco_results(self.predict_batch(batch), batch["image_id"])
+        preds = self.predict_batch(batch)
+        results = self.to_coco_results(preds, batch["image_id"])
         self._results.extend(results)
+        if self.overlays:
+            self._write_overlays(preds, batch["image_id"], dataloader_idx)
         return results
 
     # ------------------------------------------------------------------------------------ epoch ends
@@ -208,6 +259,8 @@ class DetectionTask(BaseTask):
 
     def on_predict_epoch_start(self) -> None:
         self._results = []
+        self._overlay_targets = {}
+        self._overlay_count = 0
 
     def on_test_epoch_end(self) -> None:
         result = self._log_map(self.test_map, "test")
@@ -228,6 +281,10 @@ class DetectionTask(BaseTask):
 
     def on_predict_epoch_end(self) -> None:
         self._write_results("predictions.json")
+        if self._overlay_count:
+            share = "" if self.trainer.world_size == 1 else " (this process's images; every process writes its own)"
+            rank_zero_info(f"wrote {self._overlay_count} overlays (detections scoring >= "
+                           f"{self.overlay_score_threshold:g}) to {self._results_folder() / 'overlays'}{share}")
 
     # --------------------------------------------------------------------------------------- results
     def to_coco_results(self, preds: list[dict[str, Tensor]], image_ids) -> list[dict]:
@@ -252,7 +309,9 @@ class DetectionTask(BaseTask):
     def prediction_outputs(self) -> list[Path]:
         """What ``predict`` writes into an explicitly chosen ``results_dir`` (checked before any work: the
         CLI refuses to overwrite existing predictions without ``--overwrite``)."""
-        return [] if self.results_dir is None else [Path(self.results_dir) / "predictions.json"]
+        if self.results_dir is None:
+            return []
+        return [Path(self.results_dir) / "predictions.json"] + ([Path(self.results_dir) / "overlays"] if self.overlays else [])
 
     def _gather_results(self) -> list[dict] | None:
         """Every rank's results merged by :func:`merge_results` on rank 0 (``None`` on the other ranks).
@@ -281,6 +340,73 @@ class DetectionTask(BaseTask):
         path = folder / name
         path.write_text(json.dumps(results))
         rank_zero_info(f"wrote {len(results)} detections to {path}")
+
+    # -------------------------------------------------------------------------------------- overlays
+    def _results_folder(self) -> Path:
+        """``results_dir``, else the run directory (no collective call: every rank may ask)."""
+        return Path(self.results_dir) if self.results_dir else run_dir(self.trainer)
+
+    def _overlay_dataset(self, dataloader_idx: int):
+        """The COCO-format dataset of the predict loader ``dataloader_idx`` (it knows each image id's file),
+        or ``None`` (with a warning) for other datasets."""
+        loaders = self.trainer.predict_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
+        dataset = getattr(loader, "dataset", None)
+        if not (hasattr(dataset, "coco") and hasattr(dataset, "image_dir")):
+            rank_zero_warn(f"no prediction overlays: the predict data ({type(dataset).__name__}) is not a COCO-format "
+                           "dataset that names each image's file; set model overlays: false to silence this")
+            return None
+        return dataset
+
+    def _overlay_targets_of(self, dataloader_idx: int) -> tuple | None:
+        """The loader's dataset and its image id -> overlay path under ``<results folder>/overlays`` (computed
+        once per predict epoch, the same on every rank): the json's ``file_name`` with a ``.png`` suffix
+        (its stem alone when it leaves the image folder); names that two images would share get ``_<id>``."""
+        if dataloader_idx not in self._overlay_targets:
+            dataset = self._overlay_dataset(dataloader_idx)
+            targets = None
+            if dataset is not None:
+                wanted = {}
+                for image_id, info in dataset.coco.imgs.items():
+                    name = Path(str(info["file_name"]))
+                    inside = not name.is_absolute() and ".." not in name.parts
+                    wanted[int(image_id)] = name.with_suffix(".png") if inside else Path(name.stem + ".png")
+                counts = defaultdict(int)
+                for name in wanted.values():
+                    counts[name] += 1
+                root = self._results_folder() / "overlays"
+                targets = dataset, {
+                    image_id: root / (name if counts[name] == 1 else name.with_name(f"{name.stem}_{image_id}.png"))
+                    for image_id, name in wanted.items()}
+            self._overlay_targets[dataloader_idx] = targets
+        return self._overlay_targets[dataloader_idx]
+
+    def _write_overlays(self, preds: list[dict[str, Tensor]], image_ids, dataloader_idx: int) -> None:
+        """Draw each image's detections scoring ``>= overlay_score_threshold`` on its original file and write
+        them (each rank its own images; written to a temporary name and renamed, so that two ranks given the
+        same padded image never leave a half-written file)."""
+        import os
+
+        from PIL import Image
+
+        from cbsa_dense.data.seg_labels import read_image
+        from cbsa_dense.interpret.det_overlay import draw_detections
+
+        targets = self._overlay_targets_of(dataloader_idx)
+        if targets is None:
+            return
+        dataset, paths = targets
+        for pred, image_id in zip(preds, image_ids):
+            image_id = int(image_id)
+            image = read_image(dataset.image_dir / dataset.coco.imgs[image_id]["file_name"])
+            picture = draw_detections(image, pred["boxes"], pred["scores"], pred["labels"], self.class_names,
+                                      self.overlay_score_threshold)
+            path = paths[image_id]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{self.global_rank}.tmp")
+            Image.fromarray(picture).save(partial, format="PNG")
+            os.replace(partial, path)
+            self._overlay_count += 1
 
 
 def merge_results(shares: list[list[dict]]) -> list[dict]:

@@ -39,7 +39,7 @@ def layer_id(name: str, num_layers: int) -> int:
 
 def param_groups(module: nn.Module, weight_decay: float | None = None, layer_decay: float | None = None,
                  num_layers: int | None = None, no_weight_decay: Iterable[str] = NO_WEIGHT_DECAY,
-                 step_size_lr_scale: float | None = None) -> list[dict]:
+                 step_size_lr_scale: float | None = None, head_lr_scale: float = 1.0) -> list[dict]:
     """Split ``module``'s trainable parameters into optimizer groups.
 
     Args:
@@ -52,6 +52,8 @@ def param_groups(module: nn.Module, weight_decay: float | None = None, layer_dec
             scalars of order 1, fresh when a softmax ViT's weights are loaded; Adam moves a parameter by
             about lr per step whatever its scale, so at a fine-tuning lr of 1e-4 they would barely move);
             on top of the layer decay. ``None`` = :data:`STEP_SIZE_LR_SCALE`.
+        head_lr_scale: lr multiplier of every parameter outside the encoder (neck and head: freshly
+            initialized when fine-tuning pretrained weights, they need a higher rate than the encoder).
 
     Returns:
         Groups with keys ``params``, ``lr_scale``, ``names`` and, for no-decay groups, ``weight_decay=0``.
@@ -60,6 +62,8 @@ def param_groups(module: nn.Module, weight_decay: float | None = None, layer_dec
         raise ValueError(f"layer_decay={layer_decay} needs 0 < layer_decay <= 1 and num_layers (got {num_layers})")
     skip = tuple(no_weight_decay)
     step_scale = STEP_SIZE_LR_SCALE if step_size_lr_scale is None else float(step_size_lr_scale)
+    if not head_lr_scale > 0:
+        raise ValueError(f"head_lr_scale={head_lr_scale} must be > 0")
     groups: dict[tuple[int, bool, bool], dict] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
@@ -67,10 +71,12 @@ def param_groups(module: nn.Module, weight_decay: float | None = None, layer_dec
         no_decay = param.ndim <= 1 or any(s in name for s in skip)
         depth = layer_id(name, num_layers) if layer_decay is not None else 0
         is_step = step_scale != 1.0 and name.rpartition(".")[2] in STEP_SIZE_PATTERNS
-        key = (depth, no_decay, is_step)
+        is_head = head_lr_scale != 1.0 and not (name.startswith("encoder.") or ".encoder." in name)
+        key = (depth, no_decay, is_step, is_head)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
             scale *= step_scale if is_step else 1.0
+            scale *= head_lr_scale if is_head else 1.0
             groups[key] = {"params": [], "names": [], "lr_scale": scale}
             if no_decay:
                 groups[key]["weight_decay"] = 0.0

@@ -69,6 +69,7 @@ class SegmentationTask(BaseTask):
         weights: weights-only init at the start of ``fit`` (see :class:`~cbsa_dense.tasks.base.BaseTask`),
             including the authors' released Segmenter checkpoints.
         weights_strict: see :class:`~cbsa_dense.tasks.base.BaseTask`.
+        head_lr_scale: lr multiplier of the decode head (see :class:`~cbsa_dense.tasks.base.BaseTask`).
     """
 
     #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
@@ -79,8 +80,10 @@ class SegmentationTask(BaseTask):
                  predict_dir: str | None = None, overlay_alpha: float = 0.5,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = None,
-                 freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True) -> None:
-        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights, weights_strict)
+                 freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True,
+                 head_lr_scale: float = 1.0) -> None:
+        super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights, weights_strict,
+                         head_lr_scale)
         # Output settings are not hyper-parameters (a stored folder means nothing elsewhere). The evaluation
         # ``inference`` is one: stored, it is replayed as a default that a command line or config overrides
         # (:mod:`cbsa_dense.stored_run`). Built outside the CLI, the parts are objects, not configs.

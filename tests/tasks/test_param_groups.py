@@ -158,3 +158,18 @@ def test_poly_min_lr_bad_values(kwargs, match):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
     with pytest.raises(ConfigError, match=match):
         WarmupPolyLR(opt, **kwargs)
+
+
+def test_head_lr_scale_multiplies_everything_outside_the_encoder():
+    from torch import nn
+
+    from cbsa_dense.tasks.param_groups import param_groups
+
+    model = nn.Module()
+    model.encoder = nn.Module()
+    model.encoder.blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    model.head = nn.Linear(2, 2)
+    groups = param_groups(model, layer_decay=0.5, num_layers=2, head_lr_scale=10.0)
+    scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
+    assert scale["head.weight"] == scale["head.bias"] == 10.0
+    assert scale["encoder.blocks.1.weight"] == 0.5 and scale["encoder.blocks.0.weight"] == 0.25
