@@ -7,17 +7,21 @@ and the other plain commands start without importing Lightning.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import re
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from jsonargparse import ArgumentError
-from lightning.pytorch import LightningDataModule, LightningModule
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from cbsa_dense.callbacks.log_progress import LogProgress
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
 from cbsa_dense.cli_checks import check_writable, condense_parse_error
 from cbsa_dense.config_files import compose_config_args, config_error_context
@@ -36,7 +40,9 @@ class CBSADenseCLI(LightningCLI):
 
     Before any work starts it checks that the run's output locations can be written, and that
     ``predict`` would not overwrite earlier predictions (``overwrite=True``, the ``--overwrite`` flag,
-    allows it). Every ``fit`` gets a :class:`~cbsa_dense.callbacks.PreemptionCheckpoint`.
+    allows it). Every ``fit`` gets a :class:`~cbsa_dense.callbacks.PreemptionCheckpoint`. When stdout is not a
+    terminal (``> train.log``, a cluster scheduler), the progress bar is :class:`~cbsa_dense.callbacks.LogProgress`:
+    a plain line every ``log_every_n_steps`` steps instead of a Rich/tqdm bar that writes nothing useful to a file.
     """
 
     def __init__(self, *args, overwrite: bool = False, stored_run: StoredRun | None = None, **kwargs) -> None:
@@ -62,6 +68,7 @@ class CBSADenseCLI(LightningCLI):
         self._configured_num_classes: int | None = None
         self._data_class_name = "?"
         register_short_names()
+        read_nested_null_as_yaml()
         super().__init__(LightningModule, LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
 
@@ -146,6 +153,14 @@ class CBSADenseCLI(LightningCLI):
             strategy = self.trainer.strategy
             strategy.checkpoint_io = ServedCheckpointIO(strategy.checkpoint_io, self._stored)
 
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        """The trainer, with :class:`~cbsa_dense.callbacks.LogProgress` as its progress bar when stdout is not a
+        terminal, the progress bar is on (``enable_progress_bar`` not false) and the config names no progress bar
+        of its own (``--trainer.callbacks+ RichProgressBar`` keeps Rich's in a file too)."""
+        if _wants_log_progress(config, callbacks, sys.stdout):
+            callbacks = [*callbacks, LogProgress()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _check_outputs(self) -> None:
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
         for logger in self.trainer.loggers:
@@ -187,6 +202,16 @@ class CBSADenseCLI(LightningCLI):
             check_writable(path if path.is_dir() or not path.suffix else path.parent, "the prediction output")
 
 
+def _wants_log_progress(trainer_config: dict, callbacks: list[Callback], stdout) -> bool:
+    """Whether the trainer gets :class:`~cbsa_dense.callbacks.LogProgress`: ``stdout`` is not a terminal, the
+    progress bar is not turned off, and no progress bar is configured already."""
+    configured = trainer_config.get("callbacks") or []
+    configured = configured if isinstance(configured, list) else [configured]
+    terminal = bool(getattr(stdout, "isatty", lambda: False)())
+    return (not terminal and trainer_config.get("enable_progress_bar") is not False
+            and not any(isinstance(c, ProgressBar) for c in [*configured, *callbacks]))
+
+
 def _routed_option_message(flag: str, in_config: bool = False) -> str:
     """The one-line answer to LightningCLI's top-level ``--optimizer`` / ``--lr_scheduler`` (turned off here)."""
     option = flag.lstrip("-").split(".")[0]
@@ -205,6 +230,49 @@ def register_short_names() -> None:
     for module in ("cbsa_dense.tasks", "cbsa_dense.data", "cbsa_dense.models", "cbsa_dense.layers",
                    "cbsa_dense.callbacks", "cbsa_dense.tasks.schedulers", "cbsa_dense.tasks.sliding_window"):
         importlib.import_module(module)
+
+
+def read_nested_null_as_yaml() -> None:
+    """Make ``null`` given on the command line two or more subclass levels deep parse as None, for every argument.
+
+    ``--model.init_args.encoder.init_args.pretrained null`` reached the encoder as the string ``'None'`` (and an
+    ``int | None`` argument there failed with "expected int or null"), while the same ``null`` in a config file, in
+    a top-level ``--x null`` or one level deep (``--model.init_args.weights null``) is None. The cause is in
+    jsonargparse (4.53 and earlier; ``_typehints.adapt_class_type``): the outer subclass reads the value as YAML
+    (``'null'`` -> None) and hands it to the inner class's parser as the text ``f"--{key}={value}"``, i.e.
+    ``--encoder.init_args.pretrained=None``, and YAML reads ``None`` as a string. This wraps that function once
+    (idempotent) so that a value holding None is handed on as its YAML text (``null``, ``[1, null]``); every
+    other value is handed on exactly as before. It wraps a private jsonargparse function: where a release renames
+    it, nothing is wrapped and ``tests/test_cli_null.py`` says whether that release still needs it.
+    """
+    from jsonargparse import _typehints
+
+    original = getattr(_typehints, "adapt_class_type", None)
+    nested_arg = getattr(_typehints, "NestedArg", None)
+    if original is None or nested_arg is None or getattr(original, "_yaml_nested_null", False):
+        return
+
+    @functools.wraps(original)
+    def adapt_class_type(value, *args, **kwargs):
+        init_args = value.get("init_args") if isinstance(value, dict | Namespace) else None
+        if isinstance(init_args, nested_arg) and _holds_none(init_args.val):
+            try:
+                value["init_args"] = init_args._replace(val=json.dumps(init_args.val))
+            except (TypeError, ValueError):     # not JSON-representable: handed on unchanged
+                pass
+        return original(value, *args, **kwargs)
+
+    adapt_class_type._yaml_nested_null = True
+    _typehints.adapt_class_type = adapt_class_type
+
+
+def _holds_none(value) -> bool:
+    """``value`` is None or a list/dict holding None at any depth."""
+    if isinstance(value, dict):
+        return any(_holds_none(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_none(v) for v in value)
+    return value is None
 
 
 def run(argv: list[str], from_console: bool, overwrite: bool = False,
