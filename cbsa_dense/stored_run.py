@@ -144,6 +144,10 @@ class ServedCheckpointIO(CheckpointIO):
         self.inner.teardown()
 
 
+#: YAML's spellings of null: ``--ckpt_path null`` means no checkpoint, as in a config file.
+_NULLS = ("null", "~")
+
+
 def _ckpt_arg(argv: list[str]) -> tuple[int, int, str] | None:
     """``(start, end, value)`` of the ``--ckpt_path X`` / ``--ckpt_path=X`` in argv (end exclusive)."""
     for index, arg in enumerate(argv):
@@ -163,9 +167,15 @@ def prepare_args(argv: list[str]) -> tuple[list[str], StoredRun | None]:
     if not argv or argv[0] not in _SUBCOMMANDS or found is None:
         return argv, None
     start, end, value = found
-    if value.split(":")[0] in LIGHTNING_CKPT_ALIASES or "://" in value:
+    if value.split(":")[0] in LIGHTNING_CKPT_ALIASES or "://" in value or value.lower() in _NULLS:
         return argv, None
     stored = StoredRun.read(value)
+    if argv[0] == "fit" and "optimizer_states" not in stored.checkpoint:
+        from cbsa_dense.errors import CheckpointError
+
+        raise CheckpointError(f"{value} holds weights only (saved with save_weights_only: no optimizer, scheduler "
+                              "or loop state), so fit cannot resume from it: start a new fit from its weights with "
+                              f"--model.init_args.weights {value}, or resume from a full checkpoint")
     rest = argv[1:start] + argv[end:]
     config = stored.task_config()
     replay = ["--model", json.dumps(config)] if config is not None else []

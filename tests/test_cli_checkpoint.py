@@ -151,3 +151,24 @@ def test_load_task_reads_a_first_release_checkpoint(seg_ckpt, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(old(images), current(images), rtol=0, atol=0)
     assert old.num_classes == 6 and old.data_info["class_names"] == current.data_info["class_names"]
+
+
+def test_ckpt_path_null_means_no_checkpoint():
+    for value in ("null", "~", "Null"):
+        assert prepare_args(["fit", "--ckpt_path", value]) == (["fit", "--ckpt_path", value], None)
+    assert prepare_args(["fit", "--ckpt_path=null"]) == (["fit", "--ckpt_path=null"], None)
+
+
+def test_resuming_from_a_weights_only_checkpoint_is_one_line(seg_ckpt, tmp_path, capsys):
+    import torch
+
+    from tests.conftest import cli_user_error
+
+    checkpoint = torch.load(seg_ckpt, map_location="cpu", weights_only=False)
+    assert "optimizer_states" in checkpoint
+    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
+        checkpoint.pop(key, None)
+    torch.save(checkpoint, tmp_path / "weights_only.ckpt")
+    line = cli_user_error(["fit", "--config", "demo_seg.yaml", "--ckpt_path", str(tmp_path / "weights_only.ckpt")],
+                          capsys)
+    assert "weights_only.ckpt holds weights only" in line and "--model.init_args.weights" in line, line
