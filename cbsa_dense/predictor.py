@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cbsa_dense.errors import CheckpointError, DataError
+from cbsa_dense.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["load", "Predictor", "SegmentationPredictor", "DetectionPredictor"]
 
@@ -170,6 +170,9 @@ class DetectionPredictor(Predictor):
         from cbsa_dense.data.det_transforms import DetectionTransform
 
         self._tile_overlap = resolve_eval_mode(self._eval_mode, self._tile_overlap, self._image_size)
+        if self._eval_mode == "resize" and (self.task.data_info or {}).get("train_mode") == "native":
+            raise ConfigError("this model was trained on objects at their own pixel size (data train_mode native): "
+                              "eval_mode resize would shrink them; use eval_mode native or tiled")
         self.transform = DetectionTransform(self._image_size, train=False, mean=self.mean, std=self.std,
                                             native=self._eval_mode != "resize")
 

@@ -58,6 +58,8 @@ def _check_settings(image_size, scale_range, hflip, min_box_size, mean, std, bat
 
 #: How validation, test and predict feed images to the model (``eval_mode``).
 EVAL_MODES = ("resize", "native", "tiled")
+#: How training crops are made (``train_mode``).
+TRAIN_MODES = ("resize", "native")
 
 
 def resolve_eval_mode(eval_mode: str, tile_overlap: int | None, image_size: int) -> int:
@@ -104,6 +106,11 @@ class COCODetectionDataModule(LightningDataModule):
             checkpoints and replayed by ``test``/``validate``/``predict``.
         tile_overlap: overlap of neighbouring tiles in pixels (``tiled``; default ``image_size // 4``): give at
             least the largest object's side.
+        train_mode: how training crops are made. ``resize`` (default, ViTDet's large-scale jitter): the
+            longest side resized to ``image_size x U(scale_range)``, then an ``image_size`` crop. ``native``:
+            the original image scaled by ``U(scale_range)`` (e.g. [0.8, 1.25]), then an ``image_size`` crop:
+            objects keep their pixel size, so small crops (cheap steps) of large photos train a model for
+            ``eval_mode`` ``native`` or ``tiled``, which it requires.
         scale_range: large-scale-jitter scale range in training.
         hflip: horizontal flip probability in training.
         min_box_size: training boxes smaller than this (pixels, after augmentation) are dropped.
@@ -128,7 +135,7 @@ class COCODetectionDataModule(LightningDataModule):
                  val_json: str | None = None, val_images: str | None = None, test_json: str | None = None,
                  test_images: str | None = None, predict_json: str | None = None,
                  predict_images: str | None = None, image_size: int = 1024, eval_mode: str = "resize",
-                 tile_overlap: int | None = None,
+                 tile_overlap: int | None = None, train_mode: str = "resize",
                  scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
@@ -154,6 +161,12 @@ class COCODetectionDataModule(LightningDataModule):
         self.image_size = image_size
         self.tile_overlap = resolve_eval_mode(eval_mode, tile_overlap, image_size)
         self.eval_mode = eval_mode
+        if train_mode not in TRAIN_MODES:
+            raise ConfigError(f"data train_mode={train_mode!r} is invalid: give one of {', '.join(TRAIN_MODES)}")
+        if train_mode == "native" and eval_mode == "resize":
+            raise ConfigError("data train_mode=native trains on objects at their own pixel size but eval_mode=resize "
+                              f"would shrink every image to image_size={image_size}: set eval_mode native or tiled")
+        self.train_mode = train_mode
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.min_box_size = min_box_size
@@ -240,7 +253,8 @@ class COCODetectionDataModule(LightningDataModule):
         train = split == "train"
         transform = DetectionTransform(self.image_size, train=train, scale_range=self.scale_range,
                                        hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
-                                       std=self.std, native=self.eval_mode != "resize")
+                                       std=self.std,
+                                       native=self.train_mode == "native" if train else self.eval_mode != "resize")
         dataset = COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
                                        with_masks=self.with_masks, with_gt=split != "train")
         if train and not len(dataset):

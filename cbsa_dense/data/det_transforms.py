@@ -57,8 +57,10 @@ class DetectionTransform:
         min_box_size: boxes narrower or lower than this (pixels, after augmentation) are dropped.
         mean: per-channel mean of [0, 1] pixels.
         std: per-channel std of [0, 1] pixels.
-        native: evaluation at the original size (no resize, no square padding; ``scale`` (1, 1)): the data's
-            ``eval_mode`` ``native`` and ``tiled``. Ignored in training.
+        native: no resize to ``image_size``: training scales the original image by ``U(scale_range)`` and crops
+            ``image_size`` from it (objects keep their pixel size, give or take the jitter: the data's
+            ``train_mode: native``); evaluation keeps the original size, without square padding, ``scale``
+            (1, 1) (the data's ``eval_mode`` ``native`` and ``tiled``).
 
     Returns (call): ``image`` (3, S, S) float32, ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64,
     ``masks`` list of (S, S) uint8, ``scale`` (y, x) input pixels per original pixel (eval; the resize
@@ -73,8 +75,8 @@ class DetectionTransform:
             raise ConfigError(f"data scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.image_size = int(image_size)
         self.train = train
-        self.native = native and not train
-        geometry: list = [A.LongestMaxSize(max_size=self.image_size)]
+        self.native = native and not train          # evaluation at the original size (no pipeline geometry)
+        geometry: list = [] if native and train else [A.LongestMaxSize(max_size=self.image_size)]
         if train:
             geometry += [_RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
                          A.PadIfNeeded(self.image_size, self.image_size, position="top_left", fill=0, fill_mask=0),

@@ -25,7 +25,8 @@ from cbsa_dense.tasks.param_groups import apply_lr_scale, param_groups
 #: Datamodule attributes saved into every checkpoint (``checkpoint["data_info"]``) so that evaluation,
 #: prediction and export need no training config: class names, normalization, label conventions.
 DATA_INFO_KEYS = ("num_classes", "class_names", "mean", "std", "reduce_zero_label", "ignore_index",
-                  "palette", "category_ids", "image_size", "eval_mode", "tile_overlap")
+                  "palette", "category_ids", "image_size", "eval_mode", "tile_overlap",
+                  "train_mode")
 
 
 class BaseTask(LightningModule):

@@ -153,3 +153,43 @@ def test_native_mode_feeds_the_original_size(demo_ckpt):
     images = json.loads((data / "annotations" / "instances_val.json").read_text())["images"]
     assert [tuple(s) for s in batch["image_size"]] == [(i["height"], i["width"]) for i in images]
     assert batch["scale"] == [(1.0, 1.0)] * 2 and "tile" not in batch
+
+
+def test_native_training_crops_keep_the_objects_pixel_size():
+    from cbsa_dense.data.det_transforms import DetectionTransform
+
+    image = np.zeros((400, 500, 3), np.uint8)
+    box = np.array([[100.0, 100.0, 140.0, 150.0]])
+    native = DetectionTransform(224, train=True, scale_range=(1.0, 1.0), hflip=0.0, native=True)
+    resized = DetectionTransform(224, train=True, scale_range=(1.0, 1.0), hflip=0.0)
+    sizes = {}
+    for name, transform in (("native", native), ("resize", resized)):
+        for seed in range(20):                         # random crops: keep one that holds the box
+            transform.set_random_seed(seed)
+            out = transform(image, box, np.array([0]), [])
+            if len(out["boxes"]):
+                sizes[name] = out["boxes"][0, 2:] - out["boxes"][0, :2]
+                break
+        assert out["image"].shape == (3, 224, 224)
+    np.testing.assert_allclose(sizes["native"], [40, 50], atol=1)               # as in the photo
+    np.testing.assert_allclose(sizes["resize"], [40 * 224 / 500, 50 * 224 / 500], atol=1)
+
+
+def test_native_training_needs_native_or_tiled_evaluation(tmp_path):
+    from cbsa_dense.data.coco_datamodule import COCODetectionDataModule
+
+    with pytest.raises(ConfigError, match="train_mode=native .* set eval_mode native or tiled"):
+        COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="native")
+    with pytest.raises(ConfigError, match="train_mode='crop' is invalid"):
+        COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="crop")
+    COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="native", eval_mode="tiled")
+
+
+def test_load_refuses_to_shrink_images_for_a_model_trained_at_native_size(demo_ckpt):
+    import cbsa_dense
+
+    model = cbsa_dense.load(demo_ckpt[0])
+    model.task.data_info["train_mode"] = "native"
+    model.eval_mode = "native"
+    with pytest.raises(ConfigError, match="trained on objects at their own pixel size"):
+        model.eval_mode = "resize"
