@@ -52,6 +52,7 @@ def _params(student: TokenEncoder, blocks: list[int], train: Sequence[str]) -> t
                 if p is None:
                     continue
                 qk.append(p)
+                p.requires_grad_(True)                        # a hook needs it (the caller restores the flags)
 
                 def keep_qk(grad: torch.Tensor, inner: int = inner) -> torch.Tensor:
                     grad = grad.clone()
@@ -91,10 +92,10 @@ def transfer_attention(student: TokenEncoder, teacher: TokenEncoder, blocks: lis
     Everything but the trained parameters is left as it was (``requires_grad`` flags included). No weight
     decay: it would also shrink the value rows of ``qkv``, which share a tensor with the query/key rows."""
     started = time.perf_counter()
-    fresh, qk, hooks = _params(student, blocks, train)
-    flags = {p: p.requires_grad for p in student.parameters()}
-    was_training = student.training
+    flags = {p: p.requires_grad for p in student.parameters()}    # e.g. a frozen encoder stays frozen after
     student.requires_grad_(False)
+    fresh, qk, hooks = _params(student, blocks, train)
+    was_training = student.training
     trained = fresh + qk
     for p in trained:
         p.requires_grad_(True)

@@ -120,6 +120,18 @@ def test_transfer_lowers_every_blocks_error(train):
     assert all(p.requires_grad for p in student.parameters())             # flags restored
 
 
+def test_transfer_trains_a_frozen_encoder_and_leaves_it_frozen():
+    """``freeze: ["model.encoder.*"]`` with the callback: the q/k rows are matched, then frozen again."""
+    student = pretrained_cbsa(local_kernel=3)
+    teacher = build_teacher(student)
+    student.requires_grad_(False)
+    qkv = student.blocks[0].attn.qkv.weight.clone()
+    transfer_attention(student, teacher, cbsa_blocks(student), iter(images(4, seed=3)), images(1, seed=4), steps=4,
+                       train=("local", "qk"), qk_lr=1e-2, progress=False)
+    assert not torch.equal(student.blocks[0].attn.qkv.weight, qkv)
+    assert not any(p.requires_grad for p in student.parameters())
+
+
 def test_transfer_is_deterministic():
     def run() -> torch.Tensor:
         student = pretrained_cbsa()
