@@ -163,7 +163,7 @@ class DetectionPredictor(Predictor):
         self._eval_mode = str(protocol.get("eval_mode") or "resize")
         self._image_size = int(size)
         self._tile_overlap = protocol.get("tile_overlap")
-        self._build()
+        self.native_scale = float(protocol.get("native_scale") or 1.0)
 
     def _build(self) -> None:
         from cbsa_dense.data.coco_datamodule import resolve_eval_mode
@@ -174,7 +174,8 @@ class DetectionPredictor(Predictor):
             raise ConfigError("this model was trained on objects at their own pixel size (data train_mode native): "
                               "eval_mode resize would shrink them; use eval_mode native or tiled")
         self.transform = DetectionTransform(self._image_size, train=False, mean=self.mean, std=self.std,
-                                            native=self._eval_mode != "resize")
+                                            native=self._eval_mode != "resize",
+                                            native_scale=getattr(self, "_native_scale", 1.0))
 
     @property
     def image_size(self) -> int:
@@ -195,6 +196,15 @@ class DetectionPredictor(Predictor):
         self._build()
 
     @property
+    def native_scale(self) -> float:
+        return self._native_scale
+
+    @native_scale.setter
+    def native_scale(self, value: float) -> None:
+        self._native_scale = float(value)
+        self._build()
+
+    @property
     def tile_overlap(self) -> int:
         return self._tile_overlap
 
@@ -205,10 +215,11 @@ class DetectionPredictor(Predictor):
 
     def describe(self) -> str:
         """The protocol in one line."""
+        scaled = f", scaled by {self.native_scale:g}" if self.native_scale != 1.0 else ""
         if self._eval_mode == "native":
-            return "eval_mode native (the image at its own size)"
+            return f"eval_mode native (the image at its own size{scaled})"
         if self._eval_mode == "tiled":
-            return f"eval_mode tiled ({self.image_size} px tiles overlapping by {self.tile_overlap} px)"
+            return f"eval_mode tiled ({self.image_size} px tiles overlapping by {self.tile_overlap} px{scaled})"
         return f"image_size {self.image_size} (longest side, zero-padded square)"
 
     def _predict_one(self, image: np.ndarray) -> dict:

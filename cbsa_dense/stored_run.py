@@ -258,7 +258,7 @@ def apply_eval_settings(config, stored: StoredRun, argv: list[str]) -> dict[str,
             if head_args is not None and key in head_args:
                 origin = "config/command line" if _given(argv, "model", f"head.init_args.{key}") else "checkpoint"
                 parts.append(f"{key} {head_args[key]} (from the {origin})")
-    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap") if data_args is not None else ():
+    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap", "native_scale") if data_args is not None else ():
         if key not in data_args or (key != "eval_scale" and not detection):
             continue
         origin = source("data", key)
@@ -271,7 +271,8 @@ def apply_eval_settings(config, stored: StoredRun, argv: list[str]) -> dict[str,
         shown = list(value) if isinstance(value, tuple) else value
         rule = (", longest side resized, zero-padded square" if key == "image_size"
                 and data_args.get("eval_mode", "resize") == "resize" else "")
-        if key == "tile_overlap" and data_args.get("eval_mode") != "tiled":
+        if (key == "tile_overlap" and data_args.get("eval_mode") != "tiled") or (
+                key == "native_scale" and data_args.get("eval_mode", "resize") == "resize"):
             continue
         parts.append(f"{key} {shown}{rule} (from the {origin})")
     if parts and rank_zero_only.rank == 0:

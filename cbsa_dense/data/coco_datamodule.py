@@ -111,6 +111,10 @@ class COCODetectionDataModule(LightningDataModule):
             the original image scaled by ``U(scale_range)`` (e.g. [0.8, 1.25]), then an ``image_size`` crop:
             objects keep their pixel size, so small crops (cheap steps) of large photos train a model for
             ``eval_mode`` ``native`` or ``tiled``, which it requires.
+        native_scale: with ``train_mode: native`` and ``eval_mode`` ``native``/``tiled``: the photos are scaled by
+            this first (2.0: objects twice their pixel size; for objects only two or three patches wide, which a
+            pretrained ViT's last layer barely separates). Training jitters around it (``scale_range`` times it).
+            Stored in checkpoints and replayed with ``eval_mode``.
         scale_range: large-scale-jitter scale range in training.
         hflip: horizontal flip probability in training.
         min_box_size: training boxes smaller than this (pixels, after augmentation) are dropped.
@@ -135,7 +139,7 @@ class COCODetectionDataModule(LightningDataModule):
                  val_json: str | None = None, val_images: str | None = None, test_json: str | None = None,
                  test_images: str | None = None, predict_json: str | None = None,
                  predict_images: str | None = None, image_size: int = 1024, eval_mode: str = "resize",
-                 tile_overlap: int | None = None, train_mode: str = "resize",
+                 tile_overlap: int | None = None, train_mode: str = "resize", native_scale: float = 1.0,
                  scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
@@ -167,6 +171,9 @@ class COCODetectionDataModule(LightningDataModule):
             raise ConfigError("data train_mode=native trains on objects at their own pixel size but eval_mode=resize "
                               f"would shrink every image to image_size={image_size}: set eval_mode native or tiled")
         self.train_mode = train_mode
+        if isinstance(native_scale, bool) or not isinstance(native_scale, (int, float)) or not 0 < native_scale <= 8:
+            raise ConfigError(f"data native_scale={native_scale!r} is invalid: give a factor in (0, 8]")
+        self.native_scale = float(native_scale)
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.min_box_size = min_box_size
@@ -254,7 +261,8 @@ class COCODetectionDataModule(LightningDataModule):
         transform = DetectionTransform(self.image_size, train=train, scale_range=self.scale_range,
                                        hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
                                        std=self.std,
-                                       native=self.train_mode == "native" if train else self.eval_mode != "resize")
+                                       native=self.train_mode == "native" if train else self.eval_mode != "resize",
+                                       native_scale=self.native_scale)
         dataset = COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
                                        with_masks=self.with_masks, with_gt=split != "train")
         if train and not len(dataset):

@@ -61,6 +61,8 @@ class DetectionTransform:
             ``image_size`` from it (objects keep their pixel size, give or take the jitter: the data's
             ``train_mode: native``); evaluation keeps the original size, without square padding, ``scale``
             (1, 1) (the data's ``eval_mode`` ``native`` and ``tiled``).
+        native_scale: with ``native``, the images are first scaled by this (2.0: objects twice their pixel size
+            in the photo, for objects only a few patches wide); ``scale`` then reports it.
 
     Returns (call): ``image`` (3, S, S) float32, ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64,
     ``masks`` list of (S, S) uint8, ``scale`` (y, x) input pixels per original pixel (eval; the resize
@@ -69,16 +71,18 @@ class DetectionTransform:
 
     def __init__(self, image_size: int, train: bool, scale_range: tuple[float, float] = (0.1, 2.0),
                  hflip: float = 0.5, min_box_size: float = 1.0, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, native: bool = False) -> None:
+                 std: Sequence[float] = IMAGENET_STD, native: bool = False, native_scale: float = 1.0) -> None:
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ConfigError(f"data scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.image_size = int(image_size)
         self.train = train
         self.native = native and not train          # evaluation at the original size (no pipeline geometry)
+        self.native_scale = float(native_scale) if native else 1.0
         geometry: list = [] if native and train else [A.LongestMaxSize(max_size=self.image_size)]
         if train:
-            geometry += [_RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
+            s = self.native_scale
+            geometry += [_RandomScale(scale_limit=(lo * s - 1.0, hi * s - 1.0), p=1.0),
                          A.PadIfNeeded(self.image_size, self.image_size, position="top_left", fill=0, fill_mask=0),
                          A.RandomCrop(self.image_size, self.image_size),
                          A.HorizontalFlip(p=hflip)]
@@ -94,12 +98,20 @@ class DetectionTransform:
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> dict:
         h, w = image.shape[:2]
-        if self.native:                      # original pixels, only normalized; the collate and detector pad
+        if self.native:                      # original pixels (x native_scale), normalized; collate and detector pad
             img = self.normalize(image=image)["image"]
+            sy = sx = 1.0
+            if self.native_scale != 1.0:
+                img = _RandomScale._resize(img, self.native_scale,
+                                           cv2.INTER_AREA if self.native_scale < 1 else cv2.INTER_LINEAR)
+                sy, sx = img.shape[0] / h, img.shape[1] / w
             return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1).contiguous(),
-                    "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                    "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32),
                     "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
-                    "masks": [np.asarray(m, dtype=np.uint8) for m in masks], "scale": (1.0, 1.0), "image_size": (h, w)}
+                    "masks": [np.asarray(m if sy == 1.0 else _RandomScale._resize(np.asarray(m), self.native_scale,
+                                                                                 cv2.INTER_NEAREST), dtype=np.uint8)
+                              for m in masks], "scale": (sy, sx),
+                    "image_size": tuple(img.shape[:2])}
         args = {"image": image, "bboxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
                 "labels": np.asarray(labels, dtype=np.int64), "indices": np.arange(len(boxes), dtype=np.int64)}
         if masks:

@@ -269,7 +269,7 @@ def stored_data_eval(checkpoint: dict) -> dict:
     info = checkpoint.get("data_info") or {}
     protocol = checkpoint.get("eval_protocol") or {}
     found = {}
-    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap"):
+    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap", "native_scale"):
         for source in (info, protocol):
             if key in source:
                 found[key] = source[key]

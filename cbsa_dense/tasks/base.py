@@ -26,7 +26,7 @@ from cbsa_dense.tasks.param_groups import apply_lr_scale, param_groups
 #: prediction and export need no training config: class names, normalization, label conventions.
 DATA_INFO_KEYS = ("num_classes", "class_names", "mean", "std", "reduce_zero_label", "ignore_index",
                   "palette", "category_ids", "image_size", "eval_mode", "tile_overlap",
-                  "train_mode")
+                  "train_mode", "native_scale")
 
 
 class BaseTask(LightningModule):

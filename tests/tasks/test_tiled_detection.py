@@ -193,3 +193,26 @@ def test_load_refuses_to_shrink_images_for_a_model_trained_at_native_size(demo_c
     model.eval_mode = "native"
     with pytest.raises(ConfigError, match="trained on objects at their own pixel size"):
         model.eval_mode = "resize"
+
+
+def test_native_scale_enlarges_training_crops_and_evaluation_alike(demo_ckpt):
+    import cbsa_dense
+    from cbsa_dense.data.det_transforms import DetectionTransform
+
+    box = np.array([[100.0, 100.0, 140.0, 150.0]])
+    train = DetectionTransform(224, train=True, scale_range=(1.0, 1.0), hflip=0.0, native=True, native_scale=2.0)
+    for seed in range(40):
+        train.set_random_seed(seed)
+        out = train(np.zeros((400, 500, 3), np.uint8), box, np.array([0]), [])
+        if len(out["boxes"]) and (out["boxes"][0, 2:] - out["boxes"][0, :2] > 60).all():
+            break
+    np.testing.assert_allclose(out["boxes"][0, 2:] - out["boxes"][0, :2], [80, 100], atol=1)
+    evaluation = DetectionTransform(224, train=False, native=True, native_scale=2.0)
+    out = evaluation(np.zeros((100, 150, 3), np.uint8), box, np.array([0]), [])
+    assert out["image"].shape == (3, 200, 300) and out["scale"] == (2.0, 2.0) and out["image_size"] == (200, 300)
+    model = cbsa_dense.load(demo_ckpt[0])
+    model.native_scale = 2.0
+    assert model.describe() == "eval_mode tiled (128 px tiles overlapping by 24 px, scaled by 2)"
+    image = np.random.default_rng(0).integers(0, 255, (150, 170, 3), dtype=np.uint8)
+    result = model.predict(image)                        # boxes come back in the photo's pixels
+    assert len(result["boxes"]) and result["boxes"][:, 2].max() <= 170 and result["boxes"][:, 3].max() <= 150
