@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""A detection checkpoint on one large photo: shrunk to the training input size (``shrunk``: longest side to
+``image_size``, as ``eval_mode: resize`` does), whole at its own size (``native``) or in overlapping tiles
+(``tiled``): time, peak memory, detections found and COCO AP against the photo's boxes.
+
+    python benchmarks/large_photo.py --ckpt RUN/checkpoints/last.ckpt --json TREES/full.json \
+        --images TREES/images --image 2019_YELL_2_528000_4978000_image_crop2 [--modes resize native tiled]
+        [--threshold 0.3] [--max-dets 1000] [--threads 2] [--out results.json]
+
+Each mode runs in a fresh process (the peak is the growth of the process's resident set during the
+prediction, as in ``cbsa-dense benchmark``; the time is one prediction after a warm-up on a 64 px image).
+AP, AP50 and AR are pycocotools' at ``--max-dets`` detections (the photo's crowns can outnumber COCO's 100);
+the head keeps at most ``--max-dets`` per image (per tile when tiled). The checkpoint's own protocol is
+replaced by each mode; ``--encoder-only SoftmaxAttention`` measures the time and memory of the same
+encoder with softmax attention at the photo's size (random weights, no AP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _one(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import cbsa_dense
+    from cbsa_dense.benchmark.timing import peak_memory_mb
+
+    torch.set_num_threads(args.threads)
+    model = cbsa_dense.load(args.ckpt)
+    image = np.asarray(Image.open(Path(args.images) / f"{args.image}.png").convert("RGB"))
+    if args.mode == "shrunk":           # the resize protocol, also for a model trained at native size
+        model.eval_mode = "native"
+        model.native_scale = model.image_size / max(image.shape[:2])
+    else:
+        model.eval_mode = args.mode
+    if args.tile_overlap is not None:
+        model.tile_overlap = args.tile_overlap
+    head = model.task.model.head
+    for name in ("detections_per_img",):
+        if hasattr(head, name):
+            setattr(head, name, args.max_dets)
+    model.predict(image[:64, :64])                                  # warm-up
+    result = {}
+
+    def run():
+        start = time.perf_counter()
+        result["pred"] = model.predict(image)
+        result["seconds"] = time.perf_counter() - start
+
+    peak = peak_memory_mb(run)
+    pred = result["pred"]
+    keep = pred["scores"] >= args.threshold
+    out = {"mode": args.mode, "protocol": model.describe(), "seconds": round(result["seconds"], 2),
+           "peak_mb": round(peak, 1) if peak is not None else None, "detections": int(len(pred["scores"])),
+           f"found_at_{args.threshold}": int(keep.sum()), "threads": args.threads}
+    out.update(_coco_ap(args, pred, model.task.category_ids))
+    return out
+
+
+def _coco_ap(args: argparse.Namespace, pred: dict, category_ids: list[int]) -> dict:
+    """AP, AP50 and AR at ``--max-dets`` (the project's COCO metric, equal to pycocotools at these limits)."""
+    from pycocotools.coco import COCO
+
+    from cbsa_dense.metrics.coco_map import evaluate_coco
+
+    data = json.loads(Path(args.json).read_text())
+    (info,) = [i for i in data["images"] if Path(i["file_name"]).stem == args.image]
+    data["images"] = [info]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] == info["id"]]
+    results = [{"image_id": info["id"], "category_id": int(category_ids[int(lab)]),
+                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
+               for b, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"])]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = data
+        gt.createIndex()
+    stats = evaluate_coco(gt, results, "bbox", max_detection_thresholds=[1, 10, args.max_dets])
+    return {"gt_boxes": len(data["annotations"]), "ap": round(float(stats["AP"]), 4),
+            "ap50": round(float(stats["AP50"]), 4), f"ar{args.max_dets}": round(float(stats[f"AR{args.max_dets}"]), 4)}
+
+
+def _encoder_only(args: argparse.Namespace) -> dict:
+    """Time and peak memory of the checkpoint's encoder architecture with ``attn`` attention, random weights,
+    one forward pass at the photo's size."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import cbsa_dense
+    from cbsa_dense.benchmark.timing import peak_memory_mb
+    from cbsa_dense.layers.softmax_attention import SoftmaxAttention
+    from cbsa_dense.models.encoders.vit import ViTEncoder
+
+    torch.set_num_threads(args.threads)
+    stored = cbsa_dense.load(args.ckpt).task.model.encoder.stored_args()
+    encoder = ViTEncoder(**{**stored, "attn_layer": SoftmaxAttention}).eval()
+    h, w = np.asarray(Image.open(Path(args.images) / f"{args.image}.png")).shape[:2]
+    x = torch.randn(1, 3, h, w)
+    result = {}
+
+    def run():
+        start = time.perf_counter()
+        with torch.inference_mode():
+            encoder(x)
+        result["seconds"] = time.perf_counter() - start
+
+    peak = peak_memory_mb(run)
+    return {"mode": "native, softmax encoder only", "seconds": round(result["seconds"], 2),
+            "peak_mb": round(peak, 1) if peak is not None else None, "tokens": (h // 14) * (w // 14),
+            "threads": args.threads}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--json", required=True, help="COCO json holding the photo and its boxes")
+    parser.add_argument("--images", required=True, help="the json's image folder")
+    parser.add_argument("--image", required=True, help="file stem of the photo")
+    parser.add_argument("--modes", nargs="+", default=["shrunk", "native", "tiled"])
+    parser.add_argument("--encoder-only", action="store_true", help="also time the softmax encoder at full size")
+    parser.add_argument("--tile-overlap", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--max-dets", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:                                               # the child process: one measurement
+        print(json.dumps(_encoder_only(args) if args.mode == "softmax-encoder" else _one(args)))
+        return
+    rows = []
+    modes = list(args.modes) + (["softmax-encoder"] if args.encoder_only else [])
+    for mode in modes:
+        argv = [a for a in sys.argv[1:]]
+        done = subprocess.run([sys.executable, __file__, *argv, "--mode", mode], capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"{mode}: failed (exit {done.returncode})")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
