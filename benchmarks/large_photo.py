@@ -11,8 +11,9 @@ Each mode runs in a fresh process (the peak is the growth of the process's resid
 prediction, as in ``cbsa-dense benchmark``; the time is one prediction after a warm-up on a 64 px image).
 AP, AP50 and AR are pycocotools' at ``--max-dets`` detections (the photo's crowns can outnumber COCO's 100);
 the head keeps at most ``--max-dets`` per image (per tile when tiled). The checkpoint's own protocol is
-replaced by each mode; ``--encoder-only SoftmaxAttention`` measures the time and memory of the same
-encoder with softmax attention at the photo's size (random weights, no AP).
+replaced by each mode; ``--encoder-only`` also measures one forward pass of the encoder alone, as stored
+(CBSA) and with softmax attention in every block (random weights, no AP), at the photo's size times
+``--encoder-scale`` (softmax's quadratic time makes the full size slow on a CPU).
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def _coco_ap(args: argparse.Namespace, pred: dict, category_ids: list[int]) -> d
 
 
 def _encoder_only(args: argparse.Namespace) -> dict:
-    """Time and peak memory of the checkpoint's encoder architecture with ``attn`` attention, random weights,
-    one forward pass at the photo's size."""
+    """Time and peak memory of one forward pass (inference) of the checkpoint's encoder architecture with
+    ``args.attention`` (cbsa: as stored; softmax: SoftmaxAttention in every block), random weights, on the
+    photo's size times ``--encoder-scale``."""
     import numpy as np
     import torch
     from PIL import Image
@@ -99,12 +101,16 @@ def _encoder_only(args: argparse.Namespace) -> dict:
     import cbsa_dense
     from cbsa_dense.benchmark.timing import peak_memory_mb
     from cbsa_dense.layers.softmax_attention import SoftmaxAttention
-    from cbsa_dense.models.encoders.vit import ViTEncoder
 
     torch.set_num_threads(args.threads)
-    stored = cbsa_dense.load(args.ckpt).task.model.encoder.stored_args()
-    encoder = ViTEncoder(**{**stored, "attn_layer": SoftmaxAttention}).eval()
+    encoder = cbsa_dense.load(args.ckpt).task.model.encoder
+    if args.attention == "softmax":
+        from cbsa_dense.models.encoders.vit import ViTEncoder
+
+        encoder = ViTEncoder(**{**encoder.stored_args(), "attn_layer": SoftmaxAttention})
+    encoder.eval()
     h, w = np.asarray(Image.open(Path(args.images) / f"{args.image}.png")).shape[:2]
+    h, w = round(h * args.encoder_scale), round(w * args.encoder_scale)
     x = torch.randn(1, 3, h, w)
     result = {}
 
@@ -115,8 +121,9 @@ def _encoder_only(args: argparse.Namespace) -> dict:
         result["seconds"] = time.perf_counter() - start
 
     peak = peak_memory_mb(run)
-    return {"mode": "native, softmax encoder only", "seconds": round(result["seconds"], 2),
-            "peak_mb": round(peak, 1) if peak is not None else None, "tokens": (h // 14) * (w // 14),
+    patch = encoder.patch_embed.patch_size[0]
+    return {"mode": f"encoder only, {args.attention}", "size": [h, w], "tokens": -(-h // patch) * -(-w // patch),
+            "seconds": round(result["seconds"], 2), "peak_mb": round(peak, 1) if peak is not None else None,
             "threads": args.threads}
 
 
@@ -127,7 +134,10 @@ def main() -> None:
     parser.add_argument("--images", required=True, help="the json's image folder")
     parser.add_argument("--image", required=True, help="file stem of the photo")
     parser.add_argument("--modes", nargs="+", default=["shrunk", "native", "tiled"])
-    parser.add_argument("--encoder-only", action="store_true", help="also time the softmax encoder at full size")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="also time the encoder alone, CBSA and softmax, at the photo's size x --encoder-scale")
+    parser.add_argument("--encoder-scale", type=float, default=1.0)
+    parser.add_argument("--attention", help=argparse.SUPPRESS)
     parser.add_argument("--tile-overlap", type=int, default=None)
     parser.add_argument("--threshold", type=float, default=0.3)
     parser.add_argument("--max-dets", type=int, default=1000)
@@ -136,13 +146,15 @@ def main() -> None:
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:                                               # the child process: one measurement
-        print(json.dumps(_encoder_only(args) if args.mode == "softmax-encoder" else _one(args)))
+        print(json.dumps(_encoder_only(args) if args.mode == "encoder" else _one(args)))
         return
     rows = []
-    modes = list(args.modes) + (["softmax-encoder"] if args.encoder_only else [])
-    for mode in modes:
-        argv = [a for a in sys.argv[1:]]
-        done = subprocess.run([sys.executable, __file__, *argv, "--mode", mode], capture_output=True, text=True)
+    runs = [["--mode", m] for m in args.modes]
+    if args.encoder_only:
+        runs += [["--mode", "encoder", "--attention", a] for a in ("cbsa", "softmax")]
+    for extra in runs:
+        mode = " ".join(extra[1:])
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], *extra], capture_output=True, text=True)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"{mode}: failed (exit {done.returncode})")
