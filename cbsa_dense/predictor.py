@@ -144,6 +144,19 @@ class SegmentationPredictor(Predictor):
         return scores.argmax(dim=0).cpu().numpy().astype(np.int64)
 
 
+def _protocol_setting(name: str, cast) -> property:
+    """A :class:`DetectionPredictor` setting stored as ``_<name>``; setting it rebuilds the transform."""
+
+    def get(self):
+        return getattr(self, f"_{name}")
+
+    def set_(self, value) -> None:
+        setattr(self, f"_{name}", None if value is None else cast(value))
+        self._build()
+
+    return property(get, set_, doc=f"The evaluation protocol's ``{name}``; setting it rebuilds the transform.")
+
+
 class DetectionPredictor(Predictor):
     """``predict`` returns per image ``{"boxes": (N, 4) float xyxy original pixels, "scores": (N,), "labels":
     (N,) int64 class indices, "class_names": N names}`` (plus ``"masks"`` (N, H, W) bool with a mask head).
@@ -177,41 +190,11 @@ class DetectionPredictor(Predictor):
                                             native=self._eval_mode != "resize",
                                             native_scale=getattr(self, "_native_scale", 1.0))
 
-    @property
-    def image_size(self) -> int:
-        return self._image_size
-
-    @image_size.setter
-    def image_size(self, value: int) -> None:
-        self._image_size = int(value)
-        self._build()
-
-    @property
-    def eval_mode(self) -> str:
-        return self._eval_mode
-
-    @eval_mode.setter
-    def eval_mode(self, value: str) -> None:
-        self._eval_mode = str(value)
-        self._build()
-
-    @property
-    def native_scale(self) -> float:
-        return self._native_scale
-
-    @native_scale.setter
-    def native_scale(self, value: float) -> None:
-        self._native_scale = float(value)
-        self._build()
-
-    @property
-    def tile_overlap(self) -> int:
-        return self._tile_overlap
-
-    @tile_overlap.setter
-    def tile_overlap(self, value: int) -> None:
-        self._tile_overlap = value
-        self._build()
+    # Protocol settings: setting one rebuilds the transform (and checks the combination).
+    image_size = _protocol_setting("image_size", int)
+    eval_mode = _protocol_setting("eval_mode", str)
+    native_scale = _protocol_setting("native_scale", float)
+    tile_overlap = _protocol_setting("tile_overlap", lambda v: v)
 
     def describe(self) -> str:
         """The protocol in one line."""
