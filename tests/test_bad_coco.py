@@ -15,7 +15,8 @@ import yaml
 from PIL import Image
 
 from cbsa_dense.cli import main
-from cbsa_dense.data.coco_dataset import COCOFormatError, load_coco
+from cbsa_dense.data.coco_dataset import load_coco
+from cbsa_dense.data.coco_validation import COCOFormatError
 from cbsa_dense.data.det_transforms import DetectionTransform
 from cbsa_dense.errors import DataError
 from tests.conftest import cli_user_error

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from cbsa_dense.data.ade20k import ADE20KDataModule
-from cbsa_dense.data.coco_dataset import COCOFormatError, load_coco
+from cbsa_dense.data.coco_dataset import load_coco
+from cbsa_dense.data.coco_validation import COCOFormatError
 from cbsa_dense.data.seg_dataset import SegDataset
 from cbsa_dense.data.seg_labels import read_image, read_mask
 from cbsa_dense.errors import DataError

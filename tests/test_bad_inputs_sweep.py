@@ -145,7 +145,7 @@ def test_malformed_rle_string_is_named_not_crashed_on(tmp_path, capsys, counts):
 def test_rle_string_decoder_matches_pycocotools():
     from pycocotools import mask as mask_utils
 
-    from cbsa_dense.data.coco_dataset import rle_string_counts
+    from cbsa_dense.data.coco_validation import rle_string_counts
 
     rng = np.random.default_rng(0)
     for _ in range(50):

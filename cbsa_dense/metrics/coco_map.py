@@ -44,7 +44,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
-from cbsa_dense.data.coco_dataset import (
+from cbsa_dense.data.coco_validation import (
     _is_id,
     _is_number,
     _short,

@@ -10,13 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cbsa_dense.data.coco_dataset import (
-    COCODetectionDataset,
-    COCOFormatError,
-    collate_detection,
-    load_coco,
-    validate_coco,
-)
+from cbsa_dense.data.coco_dataset import COCODetectionDataset, collate_detection, load_coco
+from cbsa_dense.data.coco_validation import COCOFormatError, validate_coco
 from cbsa_dense.data.det_transforms import DetectionTransform
 
 
