@@ -26,7 +26,9 @@ IGNORE_INDEX = 255
 def default_palette(num_classes: int) -> np.ndarray:
     """Distinct colours for ``num_classes`` classes (PASCAL-VOC style bit interleaving), (C, 3) uint8.
 
-    Index 0 is not black so that class 0 stays visible in overlays.
+    Index 0 is not black so that class 0 stays visible in overlays. The package's one generated palette:
+    segmentation label PNGs and overlays, detection boxes (:mod:`cbsa_dense.interpret.det_overlay`) and
+    explain pictures use it.
     """
     palette = np.zeros((num_classes, 3), dtype=np.uint8)
     for c in range(num_classes):

@@ -10,7 +10,6 @@ is dropped, its box still drawn).
 
 from __future__ import annotations
 
-import colorsys
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -19,17 +18,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from cbsa_dense.data.seg_labels import default_palette
+
 #: Pixels between the two panels of :func:`side_by_side`.
 PANEL_GAP = 8
 #: Background of the title strip and of the gap between panels.
 TITLE_BACKGROUND = (32, 32, 32)
-
-
-def class_colours(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours, one per class: saturated hues a golden angle apart, so that
-    neighbouring labels differ and any number of classes gets distinct colours."""
-    hues = (np.arange(num_classes) * 0.6180339887 + 0.05) % 1.0
-    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], dtype=np.uint8)
 
 
 def line_width(height: int, width: int) -> int:
@@ -108,7 +102,7 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: Seque
         labels: (N,) contiguous class indices.
         class_names: name of each class index (default: the index).
         score_threshold: boxes scoring below it are not drawn.
-        palette: (C, 3) uint8 class colours (default :func:`class_colours`).
+        palette: (C, 3) uint8 class colours (default :func:`~cbsa_dense.data.seg_labels.default_palette`).
 
     Returns:
         A new (H, W, 3) uint8 image; ``image`` is not modified.
@@ -132,7 +126,7 @@ def draw_ground_truth(image: np.ndarray, boxes, labels, class_names: Sequence[st
         labels: (N,) contiguous class indices.
         class_names: name of each class index (default: the index).
         iscrowd: (N,) 0/1 crowd flags (default: none is a crowd).
-        palette: (C, 3) uint8 class colours (default :func:`class_colours`).
+        palette: (C, 3) uint8 class colours (default :func:`~cbsa_dense.data.seg_labels.default_palette`).
 
     Returns:
         A new (H, W, 3) uint8 image. Labels go to the largest boxes first.
@@ -164,7 +158,7 @@ def side_by_side(image: np.ndarray, gt_boxes, gt_labels, boxes, scores, labels,
         class_names: name of each class index.
         score_threshold: predictions below it are neither drawn nor counted.
         gt_iscrowd: (N,) 0/1 crowd flags of the ground truth.
-        palette: (C, 3) uint8 class colours (default :func:`class_colours`).
+        palette: (C, 3) uint8 class colours (default :func:`~cbsa_dense.data.seg_labels.default_palette`).
         min_side: enlarge smaller images up to this longest side (0: never).
 
     Returns:
@@ -210,4 +204,4 @@ def _palette(palette: np.ndarray | None, labels: np.ndarray, class_names: Sequen
     if palette is not None:
         return np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     count = max(len(class_names or ()), int(labels.max()) + 1 if len(labels) else 1)
-    return class_colours(count)
+    return default_palette(count)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbsa_dense.data.seg_labels import default_palette
+
 
 def is_detector(model: nn.Module) -> bool:
     from cbsa_dense.models.detector import Detector
@@ -21,11 +23,6 @@ def forward_any(model: nn.Module, x: torch.Tensor):
     return model(x)
 
 
-def default_palette(n: int) -> np.ndarray:
-    """A fixed pseudo-random (n, 3) uint8 palette."""
-    return np.random.default_rng(0).integers(0, 255, size=(n, 3), dtype=np.uint8)
-
-
 def render_output(model: nn.Module, output, image: np.ndarray, class_names: list[str] | None = None,
                   palette=None, score_threshold: float = 0.3, index: int = 0) -> np.ndarray:
     """Draw one image's prediction: a class-colour overlay (segmentation) or labelled boxes (detection).
@@ -35,7 +32,8 @@ def render_output(model: nn.Module, output, image: np.ndarray, class_names: list
         output: :func:`forward_any`'s result for a batch that contains the image.
         image: (H, W, 3) uint8, the image at the model's input resolution.
         class_names: names for box labels.
-        palette: (C, 3) colours for segmentation classes.
+        palette: (C, 3) colours for segmentation classes (default
+            :func:`~cbsa_dense.data.seg_labels.default_palette`).
         score_threshold: detections scoring below it are not drawn
             (:func:`~cbsa_dense.interpret.det_overlay.draw_detections`).
         index: the image's index in the batch.

@@ -8,14 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cbsa_dense.data.seg_labels import default_palette
 from cbsa_dense.interpret.capture import CapturedExtraction, token_affinity
-
-
-def _colors(n: int) -> np.ndarray:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"] if n <= 20 else matplotlib.colormaps["hsv"]
-    return (np.array([cmap(i / max(n - 1, 1) if n > 20 else i)[:3] for i in range(n)]) * 255).astype(np.uint8)
 
 
 def support_panels(record: CapturedExtraction, index: int, head: int) -> np.ndarray:
@@ -64,7 +58,7 @@ def save_explanation(path: str | Path, image: np.ndarray, record: CapturedExtrac
     size = image.shape[:2]
     argmax = torch.from_numpy(panels).argmax(0)[None, None].float()
     argmax = F.interpolate(argmax, size=size, mode="nearest")[0, 0].long().numpy()
-    colored = (0.45 * image + 0.55 * _colors(m)[argmax]).astype(np.uint8)
+    colored = (0.45 * image + 0.55 * default_palette(m)[argmax]).astype(np.uint8)
     if query_token is None:
         query_token = 0 if record.num_prefix_tokens else pixel_token(record, (size[0] // 2, size[1] // 2), size)
     affinity = affinity_map(record, index, head, query_token)

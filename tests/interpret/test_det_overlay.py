@@ -13,9 +13,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
+from cbsa_dense.data.seg_labels import default_palette
 from cbsa_dense.interpret.det_overlay import (
     PANEL_GAP,
-    class_colours,
     draw_detections,
     draw_ground_truth,
     font_size,
@@ -38,7 +38,7 @@ def _has_colour(picture: np.ndarray, y: int, x: int, colour, slack: int = 1) -> 
 
 def test_a_box_is_drawn_where_it_is_and_nothing_below_the_threshold():
     image = _grey(200, 300)
-    colours = class_colours(2)
+    colours = default_palette(2)
     boxes = torch.tensor([[50.0, 60.0, 150.0, 140.0], [200.0, 20.0, 260.0, 80.0]])
     drawn = draw_detections(image, boxes, torch.tensor([0.9, 0.2]), torch.tensor([0, 1]), ["tree", "car"], 0.3)
     assert drawn.shape == image.shape and drawn.dtype == np.uint8
@@ -71,7 +71,7 @@ def test_tiny_and_crowded_boxes_stay_readable():
 
 def test_ground_truth_panel_beside_predictions():
     image = _grey(60, 80)
-    colours = class_colours(3)
+    colours = default_palette(3)
     gt = [[10.0, 20.0, 50.0, 50.0]]
     picture = side_by_side(image, gt, [2], [[30.0, 5.0, 70.0, 40.0], [0.0, 0.0, 8.0, 8.0]], [0.8, 0.1], [1, 0],
                            ["a", "b", "c"], score_threshold=0.5)
@@ -153,7 +153,7 @@ def test_validation_picture_has_ground_truth_beside_predictions(tmp_path, coco_r
     trainer.validate(task, datamodule=data)
     pictures = sorted(tmp_path.rglob("val_predictions/*.png"))
     assert [p.name for p in pictures] == ["epoch000_0.png", "epoch000_1.png"]
-    colours = class_colours(3)
+    colours = default_palette(3)
     checked = 0
     for index, path in enumerate(pictures):
         sample = data.datasets["val"][index]
