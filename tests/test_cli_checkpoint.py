@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cbsa_dense.cli import main
-from cbsa_dense.stored_run import prepare_args
+from cbsa_dense.cli.stored_run import prepare_args
 from tests.conftest import ROOT
 
 

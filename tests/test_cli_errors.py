@@ -41,7 +41,7 @@ def test_traceback_flag_and_environment_variable_reraise(tmp_path, monkeypatch):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import cbsa_dense.commands.score as score
+    import cbsa_dense.cli.commands.score as score
 
     def broken(argv):
         raise KeyError("internal bug")

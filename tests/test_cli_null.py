@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from jsonargparse import ArgumentParser
 
-from cbsa_dense.lightning_cli import CBSADenseCLI, read_nested_null_as_yaml
+from cbsa_dense.cli.lightning_cli import CBSADenseCLI, read_nested_null_as_yaml
 from tests.conftest import CONFIG_DIR
 
 

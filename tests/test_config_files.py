@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbsa_dense import config_files
-from cbsa_dense.cli import main
-from cbsa_dense.config_files import (
+from cbsa_dense.cli import config_files, main
+from cbsa_dense.cli.config_files import (
     BASE_KEY,
     CONFIG_DIR,
     compose_config_args,

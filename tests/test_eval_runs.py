@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cbsa_dense.cli import main
-from cbsa_dense.eval_runs import EVAL_FOLDER_ENV, prepare_eval_run, set_eval_logger_versions
+from cbsa_dense.cli.eval_runs import EVAL_FOLDER_ENV, prepare_eval_run, set_eval_logger_versions
 from tests.conftest import ROOT
 
 CONFIG = str(ROOT / "configs" / "demo_seg.yaml")

@@ -108,7 +108,7 @@ def test_a_resumed_fit_does_not_read_the_pretrained_file(offline):
 def test_an_older_checkpoint_naming_its_files_loads_without_them(portable, tmp_path):
     """Checkpoints written before this change name the pretrained file and task weights, and keep the
     evaluation protocol beside the hyper-parameters (``eval_protocol``)."""
-    from cbsa_dense.stored_run import prepare_args
+    from cbsa_dense.cli.stored_run import prepare_args
     from cbsa_dense.tasks.loading import load_task
 
     checkpoint = torch.load(portable["ckpt"], map_location="cpu", weights_only=True)

@@ -121,7 +121,7 @@ def test_built_wheel_ships_the_configs_and_finds_them_from_an_empty_directory(tm
     listed = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
     assert listed == SHIPPED, out.stdout
 
-    probe = ("import sys; from cbsa_dense import config_files as c; "
+    probe = ("import sys; from cbsa_dense.cli import config_files as c; "
              "print(c.CONFIG_DIR.resolve()); print(c.resolve_config(sys.argv[1]).resolve()); "
              "config = c.load_config(sys.argv[1]); print(config['data']['class_path']); "
              "print(config['model']['init_args']['head']['init_args']['n_layers'])")

@@ -1,11 +1,12 @@
-"""``benchmark train``: steady-state training speed of a real config, and its data loader alone.
+"""``benchmark train``: steady-state training speed of a built model and datamodule, and of its data loader alone.
 
-The config is parsed with the project's :class:`~cbsa_dense.lightning_cli.CBSADenseCLI` (``run=False``), so the
-model and the datamodule are exactly those ``cbsa-dense fit --config CFG`` would build (extra CLI
-arguments override the config, e.g. ``--data.batch_size 2``). Training runs in a separate, quiet
-``Trainer`` (same accelerator, precision, gradient clipping and accumulation as the config's; no
-validation, logging or checkpoints) for ``warmup_steps + steps`` optimizer steps; the steps after the
-warm-up are timed end to end (data loading included).
+The command line (``cbsa-dense benchmark train --config CFG``, :mod:`cbsa_dense.cli.commands.benchmark`) parses
+the config as ``cbsa-dense fit --config CFG`` would and hands the built model, datamodule and the config's
+trainer settings to :func:`bench_train`; this module builds nothing from configs and imports nothing from the
+command line. Training runs in a separate, quiet ``Trainer`` (same accelerator, precision, gradient clipping
+and accumulation as the config's: :func:`step_settings`; no validation, logging or checkpoints) for
+``warmup_steps + steps`` optimizer steps; the steps after the warm-up are timed end to end (data loading
+included).
 
 Record::
 
@@ -16,12 +17,11 @@ Record::
 batches); ``loader_bound``: the loader alone is less than 1.2x faster than training, i.e. the data
 pipeline limits (or nearly limits) the training speed.
 """
-
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -69,18 +69,16 @@ class _StepTimer(Callback):
             self.end = time.perf_counter()
 
 
-def parse_config(config: str, overrides: Sequence[str] = ()):
-    """Model, datamodule and trainer settings of a ``cbsa-dense fit`` config (nothing is run). ``config``: a
-    file or a shipped config name, composed from its ``_base_`` files as ``cbsa-dense fit`` does."""
-    from cbsa_dense.config_files import compose_config_args, config_error_context
-    from cbsa_dense.lightning_cli import CBSADenseCLI
+def step_settings(trainer_config: Mapping | None) -> dict:
+    """The settings of a config's trainer section that change what a training step costs (unset ones left out)."""
+    trainer_config = trainer_config or {}
+    return {k: trainer_config[k] for k in _STEP_SETTINGS if trainer_config.get(k) is not None}
 
-    args = compose_config_args(["--config", str(config), *overrides])     # shipped names, _base_ files
-    with config_error_context(args):
-        cli = CBSADenseCLI(run=False, args=args)
-    trainer_cfg = cli.config.get("trainer", {}) or {}
-    settings = {k: trainer_cfg[k] for k in _STEP_SETTINGS if trainer_cfg.get(k) is not None}
-    return cli.model, cli.datamodule, settings
+
+def check_steps(steps: int, warmup_steps: int) -> None:
+    """ValueError unless ``steps >= 1`` and ``warmup_steps >= 1``."""
+    if steps < 1 or warmup_steps < 1:
+        raise ValueError(f"bench_train needs steps >= 1 and warmup_steps >= 1, got {steps}, {warmup_steps}")
 
 
 def data_images_per_s(datamodule, batches: int, warmup: int) -> float:
@@ -101,12 +99,13 @@ def data_images_per_s(datamodule, batches: int, warmup: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def bench_train(config: str, steps: int = 20, warmup_steps: int = 3, data_batches: int | None = None,
-                overrides: Sequence[str] = ()) -> dict:
-    """Run the training benchmark of one config; returns one record (see module doc)."""
-    if steps < 1 or warmup_steps < 1:
-        raise ValueError(f"bench_train needs steps >= 1 and warmup_steps >= 1, got {steps}, {warmup_steps}")
-    model, datamodule, settings = parse_config(config, overrides)
+def bench_train(model, datamodule, steps: int = 20, warmup_steps: int = 3, data_batches: int | None = None,
+                trainer_settings: Mapping | None = None, config: str = "") -> dict:
+    """Run the training benchmark of a built ``model`` (a LightningModule) and ``datamodule``; returns one
+    record (see module doc). ``trainer_settings``: the config's :func:`step_settings`; ``config``: the record's
+    name for what was run (the config file)."""
+    check_steps(steps, warmup_steps)
+    settings = dict(trainer_settings or {})
     data_rate = data_images_per_s(datamodule, data_batches or steps, warmup_steps)
     timer = _StepTimer(warmup_steps)
     accumulate = int(settings.get("accumulate_grad_batches", 1))

@@ -16,7 +16,7 @@ class LogProgress(ProgressBar):
 
     ``cbsa-dense fit ... > train.log 2>&1`` (or a cluster scheduler) gives the progress bar no terminal: Rich then
     writes nothing until the run ends, tqdm rewrites one line with carriage returns. ``cbsa-dense`` uses this
-    progress bar instead whenever stdout is not a terminal (:class:`~cbsa_dense.lightning_cli.CBSADenseCLI`); a
+    progress bar instead whenever stdout is not a terminal (:class:`~cbsa_dense.cli.lightning_cli.CBSADenseCLI`); a
     config may also list it under ``trainer.callbacks``. The lines (stdout, flushed, rank 0 only)::
 
         step 50/1200 (4%) | epoch 1/30 | train_loss 0.8123 | lr 0.001 | 2.41 s/step | elapsed 0:02:00 | eta 0:46:12

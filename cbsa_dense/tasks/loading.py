@@ -85,7 +85,7 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str |
         cause = _user_error_in_chain(error)
         if cause is not None:
             raise cause from error
-        from cbsa_dense.cli_checks import condense_parse_error
+        from cbsa_dense.config_errors import condense_parse_error
 
         detail = condense_parse_error(str(error)).removesuffix("; see --help for the accepted options")
         raise CheckpointError(f"the task config stored in {path} does not build a {name}: "

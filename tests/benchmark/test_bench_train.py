@@ -5,8 +5,9 @@ import pytest
 import torch
 import yaml
 
-from cbsa_dense.benchmark.train import bench_train, count_images
+from cbsa_dense.benchmark.train import count_images
 from cbsa_dense.cli import main as cli_main
+from cbsa_dense.cli.commands.benchmark import bench_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def test_train_command_prints_one_record(tmp_path, capsys):
 
 def test_too_short_loader_is_reported(tmp_path):
     with pytest.raises(ValueError, match="batches"):
-        bench_train(str(_tiny_config(tmp_path, num_images=4)), steps=5, warmup_steps=2)
+        bench_train_config(str(_tiny_config(tmp_path, num_images=4)), steps=5, warmup_steps=2)
 
 
 def test_count_images_of_batch_layouts():
@@ -58,7 +59,7 @@ def test_train_benchmark_runs_on_shipped_demo_configs(name, tmp_path):
     config = ROOT / "configs" / name
     if not config.exists():
         pytest.skip(f"{config} is absent")
-    record = bench_train(str(config), steps=2, warmup_steps=1,
-                         overrides=["--data.init_args.root", str(tmp_path / "data"),
-                                    "--data.init_args.batch_size", "2"])
+    record = bench_train_config(str(config), steps=2, warmup_steps=1,
+                                overrides=["--data.init_args.root", str(tmp_path / "data"),
+                                           "--data.init_args.batch_size", "2"])
     assert record["batch_size"] == 2 and record["train_img_per_s"] > 0

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 from cbsa_dense.callbacks import LogProgress
 from cbsa_dense.cli import main
-from cbsa_dense.lightning_cli import _wants_log_progress
+from cbsa_dense.cli.lightning_cli import _wants_log_progress
 from tests.conftest import CONFIG_DIR
 
 

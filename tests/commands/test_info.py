@@ -70,7 +70,7 @@ def test_other_seg_configs_and_image_size(capsys):
 
 def test_attention_macs_of_the_query_broadcast_and_the_local_term():
     """Worked out by hand for d = D = 384, 6 heads, m = 36, a 12x12 patch grid plus a CLS token (N = 145)."""
-    from cbsa_dense.commands.info import attention_macs
+    from cbsa_dense.cli.commands.info import attention_macs
     from cbsa_dense.layers import CBSAAttention
 
     n, d, m, k2, hw = 145, 384, 36, 9, 144

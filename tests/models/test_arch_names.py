@@ -12,7 +12,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from cbsa_dense.cli import CBSADenseCLI
-from cbsa_dense.config_files import compose_config_args, load_config
+from cbsa_dense.cli.config_files import compose_config_args, load_config
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers import CBSAAttention, SoftmaxAttention
 from cbsa_dense.models.checkpoint import load_matching

@@ -107,7 +107,7 @@ def test_patch14_arch_gets_a_pyramid_at_strides_7_to_56_out_of_the_box(tmp_path,
     import torch
 
     from cbsa_dense.cli import CBSADenseCLI
-    from cbsa_dense.config_files import compose_config_args
+    from cbsa_dense.cli.config_files import compose_config_args
 
     cli = CBSADenseCLI(args=compose_config_args(["--config", str(CONFIGS / "det_custom.yaml"), *PATCH14,
                                                  *_coco_data(coco_root), "--trainer.default_root_dir",

@@ -20,7 +20,7 @@ LightningCLI would replay the stored hyper-parameters itself, over the command l
 file again; it does so only for a ``ckpt_path`` that is a file when the parser returns. So the path is
 taken out of the arguments it parses (:func:`prepare_args`) and put back into the parsed config in
 ``before_instantiate_classes`` (:meth:`CBSADenseCLI.before_instantiate_classes
-<cbsa_dense.lightning_cli.CBSADenseCLI.before_instantiate_classes>`), where Lightning's ``fit``/``test``
+<cbsa_dense.cli.lightning_cli.CBSADenseCLI.before_instantiate_classes>`), where Lightning's ``fit``/``test``
 ... calls take it from.
 
 Checkpoints of earlier versions load: the first release's hyper-parameter layout
@@ -34,9 +34,9 @@ config in this release's layout, the evaluation settings); the Python loaders
 Public ways used instead of private names: LightningCLI's replay (``_parse_ckpt_path``) is no longer
 overridden (the path is held back from it, see above); parse errors come back to the CLI through the
 parsers' ``exit_on_error`` argument (``parser_kwargs``), not by setting it on ``_subcommand_parsers``;
-YAML is read with jsonargparse's ``get_loader("yaml")`` (:func:`cbsa_dense.config_files.parse_yaml`); the
+YAML is read with jsonargparse's ``get_loader("yaml")`` (:func:`cbsa_dense.cli.config_files.parse_yaml`); the
 evaluation folder is the loggers' ``version`` argument, set in the config before they are built, not their
-``_version`` (:func:`cbsa_dense.eval_runs.set_eval_logger_versions`).
+``_version`` (:func:`cbsa_dense.cli.eval_runs.set_eval_logger_versions`).
 Private names of other libraries that stay, with the reason:
 
 * ``lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters``
@@ -59,7 +59,7 @@ from typing import Any
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cbsa_dense.config_files import config_mapping, config_values
+from cbsa_dense.cli.config_files import config_mapping, config_values
 from cbsa_dense.models.checkpoint import (
     FILE_ARGS,
     LIGHTNING_CKPT_ALIASES,

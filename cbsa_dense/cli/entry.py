@@ -1,9 +1,9 @@
-"""The ``cbsa-dense`` command line.
+"""The ``cbsa-dense`` entry point: :func:`main` (exported as :func:`cbsa_dense.cli.main`).
 
 Training subcommands (``fit``, ``validate``, ``test``, ``predict``) are Lightning's, through
-:class:`~cbsa_dense.lightning_cli.CBSADenseCLI` (a ``LightningCLI`` in subclass mode: ``--model`` and
+:class:`~cbsa_dense.cli.lightning_cli.CBSADenseCLI` (a ``LightningCLI`` in subclass mode: ``--model`` and
 ``--data`` take any ``LightningModule`` / ``LightningDataModule`` by ``class_path`` or class name). The other
-subcommands are plain commands in :mod:`cbsa_dense.commands`, each a module with a ``main(argv) -> int``
+subcommands are plain commands in :mod:`cbsa_dense.cli.commands`, each a module with a ``main(argv) -> int``
 function, imported only when used; Lightning itself is imported only for the training subcommands, so
 ``cbsa-dense configs`` or ``cbsa-dense score ...`` start fast.
 """
@@ -22,13 +22,13 @@ from cbsa_dense.errors import ConfigError, UserError, user_message
 
 #: Extra subcommands: name -> (module with ``main(argv)``, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("cbsa_dense.commands.score", "score predictions against ground truth (seg | coco)"),
-    "info": ("cbsa_dense.commands.info", "parameter counts and GFLOPs of a config's model"),
-    "benchmark": ("cbsa_dense.commands.benchmark", "speed/memory benchmarks: attention | encoder | train"),
-    "export": ("cbsa_dense.commands.export", "export a checkpoint to ONNX or TorchScript"),
-    "explain": ("cbsa_dense.commands.explain", "visualize CBSA extraction maps of a checkpoint"),
-    "configs": ("cbsa_dense.commands.configs", "list the shipped configs, or copy one out for editing"),
-    "linearize": ("cbsa_dense.commands.linearize", "match a CBSA encoder to its pretrained softmax attention"),
+    "score": ("cbsa_dense.cli.commands.score", "score predictions against ground truth (seg | coco)"),
+    "info": ("cbsa_dense.cli.commands.info", "parameter counts and GFLOPs of a config's model"),
+    "benchmark": ("cbsa_dense.cli.commands.benchmark", "speed/memory benchmarks: attention | encoder | train"),
+    "export": ("cbsa_dense.cli.commands.export", "export a checkpoint to ONNX or TorchScript"),
+    "explain": ("cbsa_dense.cli.commands.explain", "visualize CBSA extraction maps of a checkpoint"),
+    "configs": ("cbsa_dense.cli.commands.configs", "list the shipped configs, or copy one out for editing"),
+    "linearize": ("cbsa_dense.cli.commands.linearize", "match a CBSA encoder to its pretrained softmax attention"),
 }
 
 
@@ -117,22 +117,6 @@ def _run(argv: list[str], from_console: bool, overwrite: bool = False) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
-    from cbsa_dense.lightning_cli import run
+    from cbsa_dense.cli.lightning_cli import run
 
     return run(argv, from_console, overwrite, extra_help=_print_extra_help)
-
-
-#: Names that moved to :mod:`cbsa_dense.lightning_cli` (imported from here on first use).
-_LIGHTNING_NAMES = ("CBSADenseCLI", "register_short_names", "_routed_option_message")
-
-
-def __getattr__(name: str):
-    if name in _LIGHTNING_NAMES:
-        from cbsa_dense import lightning_cli
-
-        return getattr(lightning_cli, name)
-    raise AttributeError(f"module 'cbsa_dense.cli' has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

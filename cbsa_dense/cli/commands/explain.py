@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from cbsa_dense.cli_checks import check_writable
+    from cbsa_dense.cli.checks import check_writable
     from cbsa_dense.data.seg_labels import read_image
     from cbsa_dense.errors import ConfigError
     from cbsa_dense.interpret.capture import capture_extractions, cbsa_layers

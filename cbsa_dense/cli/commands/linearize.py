@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError("give --out FILE.safetensors (or --diagnose-only)")
     out = Path(args.out) if args.out else None
     if out is not None:
-        from cbsa_dense.cli_checks import check_writable
+        from cbsa_dense.cli.checks import check_writable
 
         if out.suffix != ".safetensors":
             raise ConfigError(f"--out {out}: write a .safetensors file")
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     if any(a.startswith("--ckpt_path") for a in rest):
         raise ConfigError("linearize takes a training config (--config ...), not --ckpt_path")
 
-    from cbsa_dense.lightning_cli import CBSADenseCLI
+    from cbsa_dense.cli.lightning_cli import CBSADenseCLI
     from cbsa_dense.linearize.run import linearize_encoder
 
     cli = CBSADenseCLI(args=rest, run=False)

@@ -42,8 +42,9 @@ def _config_dir() -> Path:
     """The shipped configs: ``cbsa_dense/configs`` in an installed wheel (the build maps the repository's
     top-level ``configs/`` there, see pyproject.toml), else ``configs/`` beside the package (a source checkout,
     an editable install)."""
-    installed = Path(__file__).parent / "configs"
-    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+    package = Path(__file__).parent.parent                      # cbsa_dense/ (this file is cbsa_dense/cli/...)
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.resolve().parent / "configs"
 
 
 #: The shipped configs (the repository's ``configs/``; ``cbsa_dense/configs`` inside a wheel).
@@ -453,7 +454,7 @@ def config_error_context(argv: Sequence[str], configs: Sequence[str | Path] | No
     try:
         yield
     except ArgumentError as error:
-        from cbsa_dense.cli_checks import condense_parse_error
+        from cbsa_dense.config_errors import condense_parse_error
 
         raise ConfigError(name_config_in_message(condense_parse_error(str(error)), configs, argv)) from error
     except ConfigError as error:

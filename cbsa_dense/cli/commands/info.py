@@ -28,7 +28,7 @@ def build_model_from_config(config: dict, num_classes: int | None = None) -> nn.
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule, LightningModule
 
-    from cbsa_dense.lightning_cli import register_short_names
+    from cbsa_dense.cli.lightning_cli import register_short_names
 
     register_short_names()
     if "model" not in config:
@@ -38,7 +38,7 @@ def build_model_from_config(config: dict, num_classes: int | None = None) -> nn.
     parser.add_subclass_arguments(LightningDataModule, "data", required=False)
     from jsonargparse import ArgumentError
 
-    from cbsa_dense.cli_checks import condense_parse_error
+    from cbsa_dense.config_errors import condense_parse_error
 
     model = json.loads(json.dumps(config["model"]))
     init_args = model.setdefault("init_args", {})
@@ -167,7 +167,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-classes", type=int, default=None,
                         help="class count of the head (default: the config's data, as `fit` builds it)")
     args = parser.parse_args(argv)
-    from cbsa_dense.config_files import config_error_context, load_config
+    from cbsa_dense.cli.config_files import config_error_context, load_config
 
     config = load_config(args.config)
     size = tuple(args.image_size) if args.image_size else _default_size(config)

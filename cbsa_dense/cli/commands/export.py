@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from pathlib import Path
 
-    from cbsa_dense.cli_checks import check_writable
+    from cbsa_dense.cli.checks import check_writable
     from cbsa_dense.errors import ConfigError, OutputError
     from cbsa_dense.export import export_checkpoint
     from cbsa_dense.export.exporter import ParityError

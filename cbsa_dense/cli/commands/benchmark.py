@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -99,9 +100,7 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.kind == "train":
-        from cbsa_dense.benchmark.train import bench_train
-
-        record = bench_train(args.config, args.steps, args.warmup_steps, args.data_batches, overrides=extra)
+        record = bench_train_config(args.config, args.steps, args.warmup_steps, args.data_batches, overrides=extra)
         print(json.dumps(record) if args.json else _table([record]))
         return 0
 
@@ -130,6 +129,30 @@ def main(argv: list[str]) -> int:
         write_report(records, args.out_dir, args.kind, machine=machine_info(device), **layout)
     print(json.dumps(records) if args.json else _table(records))
     return 0
+
+
+def parse_train_config(config: str, overrides: Sequence[str] = ()):
+    """The model, the datamodule and the trainer section of a ``cbsa-dense fit`` config, built exactly as
+    ``cbsa-dense fit --config CFG`` builds them (nothing is run). ``config``: a file or a shipped config name,
+    composed from its ``_base_`` files; ``overrides``: further command-line arguments (``--data.init_args.x 2``)."""
+    from cbsa_dense.cli.config_files import compose_config_args, config_error_context
+    from cbsa_dense.cli.lightning_cli import CBSADenseCLI
+
+    args = compose_config_args(["--config", str(config), *overrides])     # shipped names, _base_ files
+    with config_error_context(args):
+        cli = CBSADenseCLI(run=False, args=args)
+    return cli.model, cli.datamodule, cli.config.get("trainer", {}) or {}
+
+
+def bench_train_config(config: str, steps: int = 20, warmup_steps: int = 3, data_batches: int | None = None,
+                       overrides: Sequence[str] = ()) -> dict:
+    """``benchmark train``: :func:`cbsa_dense.benchmark.train.bench_train` of what ``config`` builds."""
+    from cbsa_dense.benchmark.train import bench_train, check_steps, step_settings
+
+    check_steps(steps, warmup_steps)                     # before the (slow) parse, as a usage error
+    model, datamodule, trainer_config = parse_train_config(config, overrides)
+    return bench_train(model, datamodule, steps, warmup_steps, data_batches,
+                       trainer_settings=step_settings(trainer_config), config=str(config))
 
 
 def _table(records: list[dict]) -> str:

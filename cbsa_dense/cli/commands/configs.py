@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from cbsa_dense import config_files
-from cbsa_dense.config_files import (
+from cbsa_dense.cli import config_files
+from cbsa_dense.cli.config_files import (
     BASE_KEY,
     config_bases,
     dump_config,

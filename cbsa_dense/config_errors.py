@@ -1,27 +1,15 @@
-"""Checks the ``cbsa-dense`` entry point runs before any work: parse errors and output locations. (Config
-files are checked as they are resolved and composed: :mod:`cbsa_dense.config_files`; a ``--ckpt_path``
-checkpoint when it is read: :mod:`cbsa_dense.stored_run`.)"""
+"""One line from jsonargparse's report of a config or command-line value that does not parse.
+
+Below the command line on purpose: the CLI (:mod:`cbsa_dense.cli`) tells parse errors with it, and so does
+loading a task from the config stored in a checkpoint (:mod:`cbsa_dense.tasks.loading`), which must not import
+the CLI.
+"""
 
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
-from cbsa_dense.errors import OutputError
-
-
-def check_writable(directory: str | Path, what: str) -> None:
-    """Create ``directory`` if needed and make sure a file can be written there (OutputError if not)."""
-    path = Path(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".cbsa-dense-write-test-"):
-            pass
-    except OSError as error:
-        raise OutputError(f"cannot write {what} {path}: {error.strerror or error}; choose a writable location") \
-            from error
-
+__all__ = ["condense_parse_error"]
 
 _UNION_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:")
 

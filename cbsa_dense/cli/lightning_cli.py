@@ -23,16 +23,17 @@ from lightning.pytorch.cli import LightningCLI
 
 from cbsa_dense.callbacks.log_progress import LogProgress
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
-from cbsa_dense.cli_checks import check_writable, condense_parse_error
-from cbsa_dense.config_files import compose_config_args, config_error_context
-from cbsa_dense.errors import ConfigError, OutputError
-from cbsa_dense.stored_run import (
+from cbsa_dense.cli.checks import check_writable
+from cbsa_dense.cli.config_files import compose_config_args, config_error_context
+from cbsa_dense.cli.stored_run import (
     ServedCheckpointIO,
     StoredRun,
     apply_eval_settings,
     drop_weight_files,
     prepare_args,
 )
+from cbsa_dense.config_errors import condense_parse_error
+from cbsa_dense.errors import ConfigError, OutputError
 
 
 class CBSADenseCLI(LightningCLI):
@@ -62,7 +63,7 @@ class CBSADenseCLI(LightningCLI):
             if stored_run is None:                              # --ckpt_path read once, its task config replayed
                 kwargs["args"], stored_run = prepare_args(kwargs["args"])
         self.overwrite = overwrite
-        self._stored = stored_run                   # the --ckpt_path checkpoint (cbsa_dense.stored_run)
+        self._stored = stored_run                   # the --ckpt_path checkpoint (cbsa_dense.cli.stored_run)
         self._argv = list(kwargs["args"]) if isinstance(kwargs.get("args"), list) else list(sys.argv[1:])
         self._ckpt_num_classes: int | None = None
         self._configured_num_classes: int | None = None
@@ -124,8 +125,8 @@ class CBSADenseCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """``validate``/``test``/``predict``: the loggers write into an evaluation folder
-        (:func:`~cbsa_dense.eval_runs.set_eval_logger_versions`). With a ``--ckpt_path`` checkpoint: the path goes back into the config (for Lightning's restore, see
-        :mod:`cbsa_dense.stored_run`), the model's pretrained/weights files are not read (the checkpoint holds
+        (:func:`~cbsa_dense.cli.eval_runs.set_eval_logger_versions`). With a ``--ckpt_path`` checkpoint: the path goes back into the config (for Lightning's restore, see
+        :mod:`cbsa_dense.cli.stored_run`), the model's pretrained/weights files are not read (the checkpoint holds
         the weights), and ``validate``/``test``/``predict`` evaluate with the protocol the model was trained
         and validated with for every part the command line and config leave unset, saying which protocol is
         used and where each part came from."""
@@ -135,7 +136,7 @@ class CBSADenseCLI(LightningCLI):
         self._configured_num_classes = model_args.get("num_classes") if model_args is not None else None
         self._data_class_name = str(getattr(config.get("data"), "class_path", "?")).rpartition(".")[2]
         if subcommand in ("validate", "test", "predict"):
-            from cbsa_dense.eval_runs import set_eval_logger_versions
+            from cbsa_dense.cli.eval_runs import set_eval_logger_versions
 
             set_eval_logger_versions(config["trainer"], subcommand,
                                      self._stored.path if self._stored is not None else config.get("ckpt_path"))
@@ -177,8 +178,8 @@ class CBSADenseCLI(LightningCLI):
         self.trainer.callbacks.append(PreemptionCheckpoint())
 
     def _prepare_evaluation(self) -> None:
-        """validate/test/predict: their own output folder (:mod:`cbsa_dense.eval_runs`), then writability."""
-        from cbsa_dense.eval_runs import prepare_eval_run
+        """validate/test/predict: their own output folder (:mod:`cbsa_dense.cli.eval_runs`), then writability."""
+        from cbsa_dense.cli.eval_runs import prepare_eval_run
 
         prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"),
                          self._stored.checkpoint if self._stored is not None else None)

@@ -6,7 +6,7 @@ import importlib
 
 from cbsa_dense.errors import ConfigError
 
-SCORERS = {"seg": "cbsa_dense.commands.score_seg", "coco": "cbsa_dense.commands.score_coco"}
+SCORERS = {"seg": "cbsa_dense.cli.commands.score_seg", "coco": "cbsa_dense.cli.commands.score_coco"}
 
 
 def main(argv: list[str]) -> int:
