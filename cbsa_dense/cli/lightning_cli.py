@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import re
 import sys
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from cbsa_dense.callbacks.log_progress import LogProgress
@@ -28,12 +29,14 @@ from cbsa_dense.cli.config_files import compose_config_args, config_error_contex
 from cbsa_dense.cli.stored_run import (
     ServedCheckpointIO,
     StoredRun,
-    apply_eval_settings,
     drop_weight_files,
     prepare_args,
 )
 from cbsa_dense.config_errors import condense_parse_error
-from cbsa_dense.errors import ConfigError, OutputError
+from cbsa_dense.errors import ConfigError, OutputError, UserError
+
+#: ``CBSADenseCLI(stored_run=...)`` left out: the arguments are not composed and no checkpoint is read yet.
+NOT_PREPARED = object()
 
 
 class CBSADenseCLI(LightningCLI):
@@ -46,7 +49,14 @@ class CBSADenseCLI(LightningCLI):
     a plain line every ``log_every_n_steps`` steps instead of a Rich/tqdm bar that writes nothing useful to a file.
     """
 
-    def __init__(self, *args, overwrite: bool = False, stored_run: StoredRun | None = None, **kwargs) -> None:
+    def __init__(self, *args, overwrite: bool = False, stored_run: StoredRun | None | object = NOT_PREPARED,
+                 **kwargs) -> None:
+        """``args`` (a list) may name shipped configs and configs with ``_base_`` files, and hold a ``--ckpt_path``:
+        they are composed (:func:`~cbsa_dense.cli.config_files.compose_config_args`) and the checkpoint is read
+        (:func:`~cbsa_dense.cli.stored_run.prepare_args`) here, once. A caller that did both already (the entry
+        point: it composes to name config files in errors and to hand DDP ranks the composed command) passes
+        what ``prepare_args`` returned, ``stored_run`` included (None: no checkpoint); the arguments are then
+        used as given, neither composed nor read again."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # The optimizer and scheduler are task arguments (--model.init_args.optimizer): the task builds the
         # parameter groups (no decay on norms/biases/step sizes, layer decay) and hands them to it. The
@@ -58,16 +68,20 @@ class CBSADenseCLI(LightningCLI):
         for subcommand in ("fit", "validate", "test", "predict"):
             parser_kwargs[subcommand] = {"exit_on_error": False, **(parser_kwargs.get(subcommand) or {})}
         kwargs["parser_kwargs"] = parser_kwargs
-        if isinstance(kwargs.get("args"), (list, tuple)):       # shipped names and _base_ files, as the entry point
-            kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
-            if stored_run is None:                              # --ckpt_path read once, its task config replayed
-                kwargs["args"], stored_run = prepare_args(kwargs["args"])
+        if stored_run is NOT_PREPARED:
+            stored_run = None
+            if isinstance(kwargs.get("args"), (list, tuple)):   # shipped names and _base_ files, as the entry point
+                kwargs["args"] = compose_config_args([str(a) for a in kwargs["args"]])
+                kwargs["args"], stored_run = prepare_args(kwargs["args"])   # --ckpt_path read once, replayed
+        elif isinstance(kwargs.get("args"), tuple):
+            kwargs["args"] = list(kwargs["args"])
         self.overwrite = overwrite
         self._stored = stored_run                   # the --ckpt_path checkpoint (cbsa_dense.cli.stored_run)
         self._argv = list(kwargs["args"]) if isinstance(kwargs.get("args"), list) else list(sys.argv[1:])
         self._ckpt_num_classes: int | None = None
         self._configured_num_classes: int | None = None
         self._data_class_name = "?"
+        self._callbacks_as_given: tuple[Namespace, object] | None = None       # see _add_log_progress
         register_short_names()
         read_nested_null_as_yaml()
         super().__init__(LightningModule, LightningDataModule, *args, subclass_mode_model=True,
@@ -78,6 +92,9 @@ class CBSADenseCLI(LightningCLI):
         json's categories) is linked into the task, which builds its head with it."""
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", compute_fn=self._data_num_classes,
                               apply_on="instantiate")
+        # The evaluation protocol lives in the task (stored and replayed with it); the datamodule receives it to
+        # build its evaluation transform (cbsa_dense.tasks.eval_protocol).
+        parser.link_arguments("model.init_args.evaluation", "data.init_args.evaluation", apply_on="parse")
 
     def _data_num_classes(self, value: int | None) -> int:
         """The datamodule's ``num_classes`` (a datamodule without that attribute links nothing)."""
@@ -113,7 +130,7 @@ class CBSADenseCLI(LightningCLI):
             raise ConfigError(condense_parse_error(str(error))) from error
         subcommand = self.config.get("subcommand")
         if subcommand and self.config.get(subcommand) is not None:
-            from cbsa_dense.models.checkpoint import check_weights_path
+            from cbsa_dense.tasks.checkpoint_format import check_weights_path
 
             model = self.config[subcommand].get("model")
             if self._stored is not None:
@@ -127,14 +144,14 @@ class CBSADenseCLI(LightningCLI):
         """``validate``/``test``/``predict``: the loggers write into an evaluation folder
         (:func:`~cbsa_dense.cli.eval_runs.set_eval_logger_versions`). With a ``--ckpt_path`` checkpoint: the path goes back into the config (for Lightning's restore, see
         :mod:`cbsa_dense.cli.stored_run`), the model's pretrained/weights files are not read (the checkpoint holds
-        the weights), and ``validate``/``test``/``predict`` evaluate with the protocol the model was trained
-        and validated with for every part the command line and config leave unset, saying which protocol is
-        used and where each part came from."""
+        the weights). The task and the data must be of the same kind (segmentation, detection)."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        self._add_log_progress(config.get("trainer"))
         model_args = getattr(config.get("model"), "init_args", None)
         self._configured_num_classes = model_args.get("num_classes") if model_args is not None else None
         self._data_class_name = str(getattr(config.get("data"), "class_path", "?")).rpartition(".")[2]
+        check_task_and_data(config, self._stored.path if self._stored is not None else None)
         if subcommand in ("validate", "test", "predict"):
             from cbsa_dense.cli.eval_runs import set_eval_logger_versions
 
@@ -145,8 +162,6 @@ class CBSADenseCLI(LightningCLI):
         config["ckpt_path"] = self._stored.path
         self._ckpt_num_classes = self._stored.num_classes
         drop_weight_files(config)
-        if subcommand in ("validate", "test", "predict"):
-            apply_eval_settings(config, self._stored, self._argv)
 
     def _serve_checkpoint(self) -> None:
         """Lightning's restore takes the checkpoint read already instead of reading the file again."""
@@ -154,13 +169,31 @@ class CBSADenseCLI(LightningCLI):
             strategy = self.trainer.strategy
             strategy.checkpoint_io = ServedCheckpointIO(strategy.checkpoint_io, self._stored)
 
-    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
-        """The trainer, with :class:`~cbsa_dense.callbacks.LogProgress` as its progress bar when stdout is not a
-        terminal, the progress bar is on (``enable_progress_bar`` not false) and the config names no progress bar
-        of its own (``--trainer.callbacks+ RichProgressBar`` keeps Rich's in a file too)."""
-        if _wants_log_progress(config, callbacks, sys.stdout):
-            callbacks = [*callbacks, LogProgress()]
-        return super()._instantiate_trainer(config, callbacks)
+    def _add_log_progress(self, trainer_config: Namespace | None) -> None:
+        """:class:`~cbsa_dense.callbacks.LogProgress` joins the parsed trainer's callbacks when stdout is not a
+        terminal, the progress bar is on (``enable_progress_bar`` not false) and neither the config nor
+        ``trainer_defaults`` names a progress bar of its own (``--trainer.callbacks+ RichProgressBar`` keeps
+        Rich's in a file too). It depends on where this process's stdout goes, not on the run, so
+        :meth:`instantiate_classes` takes it out of the config again once the trainer is built: the saved
+        ``config.yaml`` is the config as given."""
+        if trainer_config is None:
+            return
+        if not _wants_log_progress(trainer_config, sys.stdout, self.trainer_defaults.get("callbacks")):
+            return
+        given = trainer_config.get("callbacks")
+        self._callbacks_as_given = (trainer_config, given)
+        listed = [] if given is None else list(given) if isinstance(given, list) else [given]
+        trainer_config["callbacks"] = [*listed, Namespace(class_path=LOG_PROGRESS, init_args=Namespace())]
+
+    def instantiate_classes(self) -> None:
+        """Lightning's, then the trainer config's callbacks back as given (see :meth:`_add_log_progress`)."""
+        try:
+            super().instantiate_classes()
+        finally:
+            if self._callbacks_as_given is not None:
+                trainer_config, given = self._callbacks_as_given
+                trainer_config["callbacks"] = given
+                self._callbacks_as_given = None
 
     def _check_outputs(self) -> None:
         check_writable(self.trainer.default_root_dir, "--trainer.default_root_dir")
@@ -183,6 +216,10 @@ class CBSADenseCLI(LightningCLI):
 
         prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"),
                          self._stored.checkpoint if self._stored is not None else None)
+        evaluation = getattr(self.model, "evaluation", None)
+        if evaluation is not None and self.trainer.is_global_zero:
+            origin = f" (stored in {self._stored.path} unless set by a config or the command line)" if self._stored else ""
+            print(f"evaluation protocol{origin}: {evaluation.describe()}", file=sys.stderr)
         self._check_outputs()
         self._serve_checkpoint()
 
@@ -203,14 +240,63 @@ class CBSADenseCLI(LightningCLI):
             check_writable(path if path.is_dir() or not path.suffix else path.parent, "the prediction output")
 
 
-def _wants_log_progress(trainer_config: dict, callbacks: list[Callback], stdout) -> bool:
+#: The class path :meth:`CBSADenseCLI._add_log_progress` puts into the parsed trainer config.
+LOG_PROGRESS = f"{LogProgress.__module__}.{LogProgress.__qualname__}"
+
+
+def _class_at(spec) -> type | None:
+    class_path = getattr(spec, "class_path", None)
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def check_task_and_data(config, ckpt_path: str | None = None) -> None:
+    """ConfigError naming both when the task and the datamodule are of different kinds (a detection task on
+    segmentation data, or the reverse): each declares the protocol it evaluates with (``evaluation_type``)."""
+    task, data = _class_at(config.get("model")), _class_at(config.get("data"))
+    task_kind, data_kind = getattr(task, "evaluation_type", None), getattr(data, "evaluation_type", None)
+    if task_kind is None or data_kind is None or task_kind is data_kind:
+        return
+
+    def kind(protocol: type) -> str:
+        return "segmentation" if protocol.__name__.startswith("Seg") else "detection"
+
+    source = f"the checkpoint {ckpt_path} holds" if ckpt_path else "the config builds"
+    raise ConfigError(f"{source} a {task.__name__} ({kind(task_kind)}), but the data is a {data.__name__} "
+                      f"({kind(data_kind)} data): give {kind(task_kind)} data (--data ...), or a "
+                      f"{kind(data_kind)} {'checkpoint' if ckpt_path else 'task'}")
+
+
+def _wants_log_progress(trainer_config, stdout, defaults=None) -> bool:
     """Whether the trainer gets :class:`~cbsa_dense.callbacks.LogProgress`: ``stdout`` is not a terminal, the
-    progress bar is not turned off, and no progress bar is configured already."""
-    configured = trainer_config.get("callbacks") or []
-    configured = configured if isinstance(configured, list) else [configured]
+    progress bar is not turned off, and no progress bar is configured already. ``trainer_config``: the parsed
+    trainer section (callbacks as ``class_path`` namespaces, or built callbacks); ``defaults``: the CLI's
+    ``trainer_defaults`` callbacks."""
+    listed = []
+    for callbacks in (trainer_config.get("callbacks"), defaults):
+        listed += [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
     terminal = bool(getattr(stdout, "isatty", lambda: False)())
     return (not terminal and trainer_config.get("enable_progress_bar") is not False
-            and not any(isinstance(c, ProgressBar) for c in [*configured, *callbacks]))
+            and not any(_is_progress_bar(c) for c in listed))
+
+
+def _is_progress_bar(callback) -> bool:
+    """``callback`` (built, or a parsed ``class_path`` namespace or dict) is a Lightning progress bar."""
+    if isinstance(callback, ProgressBar):
+        return True
+    class_path = callback.get("class_path") if isinstance(callback, dict | Namespace) else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
 def _routed_option_message(flag: str, in_config: bool = False) -> str:
@@ -243,15 +329,28 @@ def read_nested_null_as_yaml() -> None:
     (``'null'`` -> None) and hands it to the inner class's parser as the text ``f"--{key}={value}"``, i.e.
     ``--encoder.init_args.pretrained=None``, and YAML reads ``None`` as a string. This wraps that function once
     (idempotent) so that a value holding None is handed on as its YAML text (``null``, ``[1, null]``); every
-    other value is handed on exactly as before. It wraps a private jsonargparse function: where a release renames
-    it, nothing is wrapped and ``tests/test_cli_null.py`` says whether that release still needs it.
+    other value is handed on exactly as before.
+
+    It wraps a private jsonargparse function, so it first checks that the function is the one it was written for
+    (:func:`_not_the_patched_function`: its name and module, its first parameter ``value``, ``NestedArg``'s
+    fields, and the line that hands the value on as text); a jsonargparse release where any of that differs is
+    refused with one line naming the installed version (a :class:`~cbsa_dense.errors.UserError`: the
+    environment), instead of being patched blindly or left silently unpatched. ``tests/test_cli_null.py`` then
+    says whether that release still needs the patch.
     """
+    import jsonargparse
     from jsonargparse import _typehints
 
     original = getattr(_typehints, "adapt_class_type", None)
     nested_arg = getattr(_typehints, "NestedArg", None)
-    if original is None or nested_arg is None or getattr(original, "_yaml_nested_null", False):
+    if getattr(original, "_yaml_nested_null", False):
         return
+    mismatch = _not_the_patched_function(original, nested_arg)
+    if mismatch is not None:
+        raise UserError(f"jsonargparse {getattr(jsonargparse, '__version__', '(unknown version)')} is not supported: "
+                        f"{mismatch}; cbsa_dense patches jsonargparse._typehints.adapt_class_type of jsonargparse "
+                        "4.53 so that a nested `null` on the command line parses as None (see "
+                        "cbsa_dense.cli.lightning_cli.read_nested_null_as_yaml); install jsonargparse 4.53")
 
     @functools.wraps(original)
     def adapt_class_type(value, *args, **kwargs):
@@ -265,6 +364,35 @@ def read_nested_null_as_yaml() -> None:
 
     adapt_class_type._yaml_nested_null = True
     _typehints.adapt_class_type = adapt_class_type
+
+
+#: The line of jsonargparse's ``adapt_class_type`` that :func:`read_nested_null_as_yaml` works around.
+_PATCHED_LINE = 'f"--{init_args.key}={init_args.val}"'
+
+
+def _not_the_patched_function(function, nested_arg) -> str | None:
+    """Why ``function`` (with ``nested_arg``) is not the jsonargparse ``adapt_class_type`` that
+    :func:`read_nested_null_as_yaml` wraps, in a few words; None when it is."""
+    if function is None or nested_arg is None:
+        return "jsonargparse._typehints has no adapt_class_type or NestedArg"
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+    if name != "jsonargparse._typehints.adapt_class_type":
+        return f"jsonargparse._typehints.adapt_class_type is {name}"
+    try:
+        parameters = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        parameters = []
+    if parameters[:1] != ["value"]:
+        return f"adapt_class_type takes ({', '.join(parameters)}), not (value, ...)"
+    if tuple(getattr(nested_arg, "_fields", ())) != ("key", "val"):
+        return f"NestedArg has the fields {getattr(nested_arg, '_fields', None)}, not (key, val)"
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):            # no source installed: the checks above are all there is
+        return None
+    if _PATCHED_LINE not in source:
+        return f"adapt_class_type no longer hands a nested value on as {_PATCHED_LINE}"
+    return None
 
 
 def _holds_none(value) -> bool:
@@ -286,7 +414,7 @@ def run(argv: list[str], from_console: bool, overwrite: bool = False,
         sys.argv[1:] = argv
     if argv and argv[0] in ("-h", "--help"):
         try:
-            CBSADenseCLI(args=None if from_console else argv)
+            CBSADenseCLI(args=None if from_console else argv, stored_run=None)    # composed; no checkpoint
         except SystemExit:
             extra_help()
             raise

@@ -3,15 +3,13 @@
 The checkpoint file is read once per command (:meth:`StoredRun.read`: checked, tensors memory-mapped).
 That read serves everything:
 
-* the task config it stores (LightningCLI's hyper-parameters: encoder, head, the evaluation
-  ``inference`` / ``max_detection_thresholds``, optimizer ...) is replayed once, as defaults: it is given
-  to the parser as the first ``--model``, before the ``--config`` files and the other arguments, so the
-  precedence is command line > ``--config`` > checkpoint (:func:`prepare_args`). Arguments the CLI links
-  from the data (``num_classes``) and files the training read (``pretrained``, ``weights``) are left out
-  (:func:`~cbsa_dense.models.checkpoint.task_config`);
-* the data's evaluation settings it records (``eval_scale``, detection ``image_size``) fill the data
-  config where neither the command line nor a config sets them (:func:`apply_eval_settings`), and the
-  command prints the protocol it uses and where each part came from;
+* the task config it stores (LightningCLI's hyper-parameters: encoder, head, the evaluation protocol
+  ``evaluation``, optimizer ...) is replayed once, as defaults: it is given to the parser as the first
+  ``--model``, before the ``--config`` files and the other arguments, so the precedence is command line >
+  ``--config`` > checkpoint (:func:`prepare_args`), for the evaluation protocol as for everything else (the
+  CLI links it into the datamodule). Arguments the CLI links from the data (``num_classes``) and files the
+  training read (``pretrained``, ``weights``) are left out
+  (:func:`~cbsa_dense.tasks.checkpoint_format.task_config`);
 * Lightning's restore (weights, loops, callbacks) gets the same dict through :class:`ServedCheckpointIO`
   instead of reading the file again;
 * the evaluation folder and the class-count check.
@@ -23,13 +21,9 @@ taken out of the arguments it parses (:func:`prepare_args`) and put back into th
 <cbsa_dense.cli.lightning_cli.CBSADenseCLI.before_instantiate_classes>`), where Lightning's ``fit``/``test``
 ... calls take it from.
 
-Checkpoints of earlier versions load: the first release's hyper-parameter layout
-(:func:`~cbsa_dense.models.checkpoint.task_hparams`), and the separate ``checkpoint["eval_protocol"]`` in
-which evaluation settings travelled before they were ordinary hyper-parameters and ``data_info``.
-
-What a checkpoint stores is read by :mod:`cbsa_dense.models.checkpoint` (no Lightning: the file, the task
-config in this release's layout, the evaluation settings); the Python loaders
-(:mod:`cbsa_dense.tasks.loading`, :func:`cbsa_dense.load`) rebuild a task from the same functions.
+Checkpoints of earlier versions load: their layouts and the protocol settings they kept elsewhere
+(``data_info``, ``eval_protocol``) are mapped once, by :func:`~cbsa_dense.tasks.checkpoint_format.task_hparams`,
+which the Python loaders (:mod:`cbsa_dense.tasks.loading`, :func:`cbsa_dense.load`) use too.
 
 Public ways used instead of private names: LightningCLI's replay (``_parse_ckpt_path``) is no longer
 overridden (the path is held back from it, see above); parse errors come back to the CLI through the
@@ -51,26 +45,16 @@ Private names of other libraries that stay, with the reason:
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cbsa_dense.cli.config_files import config_mapping, config_values
-from cbsa_dense.models.checkpoint import (
-    FILE_ARGS,
-    LIGHTNING_CKPT_ALIASES,
-    check_task_class,
-    read_checkpoint,
-    stored_data_eval,
-    stored_num_classes,
-    task_config,
-)
+from cbsa_dense.models.checkpoint import read_checkpoint
+from cbsa_dense.tasks.checkpoint_format import FILE_ARGS, check_task_class, stored_num_classes, task_config
 
-__all__ = ["StoredRun", "ServedCheckpointIO", "prepare_args", "apply_eval_settings", "drop_weight_files"]
+__all__ = ["StoredRun", "ServedCheckpointIO", "prepare_args", "drop_weight_files"]
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -144,6 +128,9 @@ class ServedCheckpointIO(CheckpointIO):
         self.inner.teardown()
 
 
+#: ``--ckpt_path`` values that Lightning resolves itself (not file paths).
+LIGHTNING_CKPT_ALIASES = ("best", "last", "hpc", "registry")
+
 #: YAML's spellings of null: ``--ckpt_path null`` means no checkpoint, as in a config file.
 _NULLS = ("null", "~")
 
@@ -158,11 +145,48 @@ def _ckpt_arg(argv: list[str]) -> tuple[int, int, str] | None:
     return None
 
 
+def _flag(argv: list[str], name: str) -> tuple[int, int, str] | None:
+    """``(start, end, value)`` of ``name X`` / ``name=X`` in argv (end exclusive)."""
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            return index, index + 2, argv[index + 1]
+        if arg.startswith(name + "="):
+            return index, index + 1, arg.split("=", 1)[1]
+    return None
+
+
+def images_to_data(argv: list[str]) -> list[str]:
+    """``predict --images X`` (a folder, an image file or a glob) stands for ``--data PredictImagesDataModule
+    --data.init_args.images X``: prediction from a checkpoint alone, without the training data's config. So
+    does ``--data.init_args.predict_images X`` when neither ``--data`` nor ``--config`` names a datamodule.
+
+    Raises:
+        ConfigError: ``--images`` with another subcommand than ``predict``.
+    """
+    found = _flag(argv, "--images")
+    if found is None:
+        if not argv or argv[0] != "predict" or any(a in ("--data", "--config") or a.startswith(("--data=", "--config="))
+                                                   for a in argv):
+            return argv
+        found = _flag(argv, "--data.init_args.predict_images")
+        if found is None:
+            return argv
+    from cbsa_dense.errors import ConfigError
+
+    if not argv or argv[0] != "predict":
+        raise ConfigError("--images is an option of cbsa-dense predict (the images to predict with --ckpt_path)")
+    start, end, value = found
+    return [*argv[:start], "--data", "cbsa_dense.data.PredictImagesDataModule", "--data.init_args.images", value,
+            *argv[end:]]
+
+
 def prepare_args(argv: list[str]) -> tuple[list[str], StoredRun | None]:
     """Read a ``fit``/``validate``/``test``/``predict`` command's ``--ckpt_path`` file once and replay its task
     config as defaults: returns the arguments to parse (``--model <stored config>`` right after the
     subcommand, ``--ckpt_path`` taken out) and the read run. Other commands, Lightning's aliases (``last``,
-    ``best`` ...) and remote paths come back unchanged, with ``None``."""
+    ``best`` ...) and remote paths come back unchanged, with ``None``. ``predict --images X`` becomes its data
+    (:func:`images_to_data`); a ``predict --ckpt_path`` with no data at all is told to give ``--images``."""
+    argv = images_to_data(argv)
     found = _ckpt_arg(argv)
     if not argv or argv[0] not in _SUBCOMMANDS or found is None:
         return argv, None
@@ -177,28 +201,15 @@ def prepare_args(argv: list[str]) -> tuple[list[str], StoredRun | None]:
                               "or loop state), so fit cannot resume from it: start a new fit from its weights with "
                               f"--model.init_args.weights {value}, or resume from a full checkpoint")
     rest = argv[1:start] + argv[end:]
+    if argv[0] == "predict" and not any(a in ("--data", "--config") or a.startswith(("--data=", "--config="))
+                                        for a in rest):
+        from cbsa_dense.errors import ConfigError
+
+        raise ConfigError(f"predict --ckpt_path {value}: give the images to predict with --images (a folder, an "
+                          "image file or a glob such as 'photos/*.jpg'), or a data config with --config / --data")
     config = stored.task_config()
     replay = ["--model", json.dumps(config)] if config is not None else []
     return [argv[0], *replay, *rest], stored
-
-
-def _has(mapping: object, keys: list[str]) -> bool:
-    """Whether the nested ``mapping`` holds the dotted path ``keys`` (``init_args`` levels may be left out)."""
-    if not keys:
-        return True
-    if not isinstance(mapping, dict):
-        return False
-    return ((keys[0] in mapping and _has(mapping[keys[0]], keys[1:]))
-            or ("init_args" in mapping and keys[0] != "init_args" and _has(mapping["init_args"], keys)))
-
-
-def _given(argv: list[str], section: str, key: str) -> bool:
-    """Whether the command line or a ``--config`` of ``argv`` sets ``section``'s ``key`` (dotted for nested
-    keys: ``head.init_args.detections_per_img``), with or without the ``init_args`` level."""
-    flags = (f"--{section}.init_args.{key}", f"--{section}.{key}")
-    if any(arg in flags or arg.startswith(tuple(f + "=" for f in flags)) for arg in argv):
-        return True
-    return any(_has(config_mapping(value).get(section), key.split(".")) for value in config_values(argv))
 
 
 def drop_weight_files(config) -> list[str]:
@@ -213,68 +224,3 @@ def drop_weight_files(config) -> list[str]:
     for key in cleared:
         init_args[key] = None
     return cleared
-
-
-def apply_eval_settings(config, stored: StoredRun, argv: list[str]) -> dict[str, str]:
-    """The evaluation protocol of a parsed ``validate``/``test``/``predict`` config, from the checkpoint where
-    the command line and configs (``argv``) leave it unset; prints it with the source of each part.
-
-    Task settings (segmentation ``inference``, detection ``max_detection_thresholds`` and the head's
-    ``detections_per_img``) are stored task arguments, already replayed as defaults; the data settings
-    (``eval_scale``; detection ``image_size``, ``eval_mode`` (resize, native or tiled) and ``tile_overlap``)
-    are set here from what the checkpoint records.
-
-    Returns:
-        ``{part: source}``, source ``"checkpoint"`` or ``"config/command line"``.
-    """
-    from jsonargparse import Namespace
-
-    from cbsa_dense.tasks.sliding_window import SlidingWindowInference
-
-    model_args = getattr(config.get("model"), "init_args", None)
-    data = config.get("data")
-    data_args = getattr(data, "init_args", None)
-    recorded = stored_data_eval(stored.checkpoint)
-    sources: dict[str, str] = {}
-    parts = []
-
-    def source(section: str, key: str) -> str:
-        sources[key] = "config/command line" if _given(argv, section, key) else "checkpoint"
-        return sources[key]
-
-    if model_args is not None and "inference" in model_args:
-        spec = model_args.get("inference")
-        if isinstance(spec, dict):
-            spec = Namespace(class_path=spec["class_path"], init_args=Namespace(**spec.get("init_args", {})))
-            model_args["inference"] = spec
-        inference = SlidingWindowInference(**dict(vars(spec.init_args))) if spec is not None else SlidingWindowInference()
-        parts.append(f"inference {inference.describe()} (from the {source('model', 'inference')})")
-    detection = model_args is not None and "max_detection_thresholds" in model_args
-    if detection:
-        value = model_args.get("max_detection_thresholds") or [1, 10, 100]
-        parts.append(f"max_detection_thresholds {list(value)} (from the {source('model', 'max_detection_thresholds')})")
-        head_args = getattr(model_args.get("head"), "init_args", None)
-        for key in ("detections_per_img", "box_detections_per_img"):
-            if head_args is not None and key in head_args:
-                origin = "config/command line" if _given(argv, "model", f"head.init_args.{key}") else "checkpoint"
-                parts.append(f"{key} {head_args[key]} (from the {origin})")
-    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap", "native_scale") if data_args is not None else ():
-        if key not in data_args or (key != "eval_scale" and not detection):
-            continue
-        origin = source("data", key)
-        if origin == "checkpoint" and key in recorded:
-            value = recorded[key]
-            data_args[key] = tuple(value) if isinstance(value, list) else value
-        elif origin == "checkpoint":
-            origin = sources[key] = "data's default; the checkpoint records none"
-        value = data_args[key]
-        shown = list(value) if isinstance(value, tuple) else value
-        rule = (", longest side resized, zero-padded square" if key == "image_size"
-                and data_args.get("eval_mode", "resize") == "resize" else "")
-        if (key == "tile_overlap" and data_args.get("eval_mode") != "tiled") or (
-                key == "native_scale" and data_args.get("eval_mode", "resize") == "resize"):
-            continue
-        parts.append(f"{key} {shown}{rule} (from the {origin})")
-    if parts and rank_zero_only.rank == 0:
-        print(f"evaluation protocol of {stored.path}: " + "; ".join(parts), file=sys.stderr)
-    return sources

@@ -8,6 +8,7 @@ from cbsa_dense.data.seg_datamodule import SegDataModule
 from cbsa_dense.data.seg_dataset import list_images, pair_by_stem
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbsa_dense.errors import DataError
+from cbsa_dense.tasks.eval_protocol import Evaluation
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -47,7 +48,8 @@ class ADE20KDataModule(SegDataModule):
         class_names: defaults to ADE20K's 150 names when ``num_classes`` is 150.
         crop_size: training crop (512 x 512; 640 x 640 for ViT-L in the paper).
         scale: ratio-range resize base (2048, 512); (2560, 640) for 640 crops.
-        eval_scale: evaluation keep-ratio resize, short side 512 (640 for 640 crops).
+        evaluation: the task's evaluation protocol, linked here by the CLI (``None``: resize to (2048, 512),
+            whole image); for 640 crops the paper evaluates at ``scale: [2560, 640]``.
         mean: normalization mean; Segmenter's ViTs use (0.5, 0.5, 0.5).
         std: normalization std; Segmenter's ViTs use (0.5, 0.5, 0.5).
         global_batch_size: the paper's "batch 8": the total per optimizer step, divided over the devices
@@ -60,7 +62,7 @@ class ADE20KDataModule(SegDataModule):
                  num_workers: int = 4, crop_size: tuple[int, int] = (512, 512),
                  scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: float = 0.75, photometric: bool = True,
-                 eval_scale: tuple[int, int] | None = (2048, 512),
+                 evaluation: Evaluation | None = None,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  validate_labels: bool = True, predict_images: str | None = None,
                  palette: list[list[int]] | None = None, global_batch_size: int | None = None) -> None:
@@ -69,10 +71,10 @@ class ADE20KDataModule(SegDataModule):
         super().__init__(num_classes=num_classes, class_names=class_names, palette=palette,
                          reduce_zero_label=True, batch_size=batch_size, val_batch_size=val_batch_size,
                          num_workers=num_workers, crop_size=crop_size, scale=scale, ratio_range=ratio_range,
-                         cat_max_ratio=cat_max_ratio, photometric=photometric, eval_scale=eval_scale, mean=mean,
+                         cat_max_ratio=cat_max_ratio, photometric=photometric, evaluation=evaluation, mean=mean,
                          std=std, validate_labels=validate_labels, predict_images=predict_images,
                          global_batch_size=global_batch_size)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["evaluation"])          # the task stores the protocol
         self.root = Path(root)
 
     def split_samples(self, split: str) -> list[tuple[Path, Path | None]]:

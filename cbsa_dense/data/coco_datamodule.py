@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,13 +9,21 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from cbsa_dense.data.coco_dataset import COCODetectionDataset, COCOFormatError, collate_detection, load_coco
+from cbsa_dense.data.coco_dataset import COCODetectionDataset, collate_detection, load_coco
+from cbsa_dense.data.coco_validation import COCOFormatError
 from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 from cbsa_dense.data.global_batch import check_global_batch_size, resolve_batch_size
 from cbsa_dense.data.loaders import train_loader
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_transforms import check_normalization, check_ratio_range
 from cbsa_dense.errors import ConfigError, DataError
+from cbsa_dense.tasks.eval_protocol import (
+    DetEvaluation,
+    Evaluation,
+    check_against_training,
+    eval_transform,
+    evaluation_from,
+)
 
 
 def _empty_training_set(json_path: Path, coco) -> str:
@@ -56,23 +63,8 @@ def _check_settings(image_size, scale_range, hflip, min_box_size, mean, std, bat
     check_normalization(mean, std)
 
 
-#: How validation, test and predict feed images to the model (``eval_mode``).
-EVAL_MODES = ("resize", "native", "tiled")
 #: How training crops are made (``train_mode``).
 TRAIN_MODES = ("resize", "native")
-
-
-def resolve_eval_mode(eval_mode: str, tile_overlap: int | None, image_size: int) -> int:
-    """Check ``eval_mode`` / ``tile_overlap`` against ``image_size`` (ConfigError naming the value); returns the
-    overlap in pixels (default a quarter of the tile)."""
-    if eval_mode not in EVAL_MODES:
-        raise ConfigError(f"data eval_mode={eval_mode!r} is invalid: give one of {', '.join(EVAL_MODES)}")
-    overlap = image_size // 4 if tile_overlap is None else tile_overlap
-    if not _is_int(overlap) or not 0 <= overlap < image_size // 2:
-        raise ConfigError(f"data tile_overlap={tile_overlap!r} is invalid: give pixels in [0, image_size / 2 = "
-                          f"{image_size // 2}) (at least the largest object's side, so each object lies whole in "
-                          "one tile)")
-    return int(overlap)
 
 
 class COCODetectionDataModule(LightningDataModule):
@@ -93,28 +85,21 @@ class COCODetectionDataModule(LightningDataModule):
         predict_json: json whose ``images`` are predicted (``annotations`` and ``categories`` optional: an
             images-only json works; default: test, then val).
         predict_images: image directory of ``predict_json`` (default: test, then val images).
-        image_size: side of the square input (longest-side resize + pad; LSJ crop in training).
-        eval_mode: how validation, test and predict see an image. ``resize`` (default): longest side resized
-            to ``image_size`` and zero-padded to a square, as in training. ``native``: the whole image at its
-            original pixel size, one forward pass (global CBSA attention; cost linear in the pixels).
-            ``tiled``: the original-size image cut into ``image_size`` tiles that overlap by
-            ``tile_overlap`` pixels, detections merged across tiles (each tile keeps the detections centred in
-            its own part of the overlap, then class-wise NMS at the head's threshold; see
-            :mod:`cbsa_dense.tasks.tiled_detection`). ``native`` and ``tiled`` suit photos much larger than
-            ``image_size`` whose objects have the training images' pixel size (aerial and microscope images,
-            tiles cut from the same kind of photo); the resize would shrink their objects. It is stored in
-            checkpoints and replayed by ``test``/``validate``/``predict``.
-        tile_overlap: overlap of neighbouring tiles in pixels (``tiled``; default ``image_size // 4``): give at
-            least the largest object's side.
+        image_size: side of the square training input (LSJ crop; the ``resize`` evaluation's side and the
+            ``tiled`` evaluation's tile unless the protocol sets its own).
+        evaluation: how validation, test and predict see an image: the task's protocol
+            (:class:`~cbsa_dense.tasks.eval_protocol.DetEvaluation`, ``model.init_args.evaluation``), which the
+            CLI links here; set it on the task, not here. ``None``: resize to ``image_size``. Its unset
+            ``image_size`` / ``native_scale`` are this datamodule's.
         train_mode: how training crops are made. ``resize`` (default, ViTDet's large-scale jitter): the
             longest side resized to ``image_size x U(scale_range)``, then an ``image_size`` crop. ``native``:
             the original image scaled by ``U(scale_range)`` (e.g. [0.8, 1.25]), then an ``image_size`` crop:
             objects keep their pixel size, so small crops (cheap steps) of large photos train a model for
-            ``eval_mode`` ``native`` or ``tiled``, which it requires.
-        native_scale: with ``train_mode: native`` and ``eval_mode`` ``native``/``tiled``: the photos are scaled by
-            this first (2.0: objects twice their pixel size; for objects only two or three patches wide, which a
-            pretrained ViT's last layer barely separates). Training jitters around it (``scale_range`` times it).
-            Stored in checkpoints and replayed with ``eval_mode``.
+            evaluation ``mode`` ``native`` or ``tiled``, which it requires.
+        native_scale: with ``train_mode: native``: the photos are scaled by this first (2.0: objects twice their
+            pixel size; for objects only two or three patches wide, which a pretrained ViT's last layer barely
+            separates). Training jitters around it (``scale_range`` times it); a ``native`` / ``tiled``
+            evaluation uses it unless its protocol sets its own.
         scale_range: large-scale-jitter scale range in training.
         hflip: horizontal flip probability in training.
         min_box_size: training boxes smaller than this (pixels, after augmentation) are dropped.
@@ -138,8 +123,8 @@ class COCODetectionDataModule(LightningDataModule):
     def __init__(self, root: str | None = None, train_json: str | None = None, train_images: str | None = None,
                  val_json: str | None = None, val_images: str | None = None, test_json: str | None = None,
                  test_images: str | None = None, predict_json: str | None = None,
-                 predict_images: str | None = None, image_size: int = 1024, eval_mode: str = "resize",
-                 tile_overlap: int | None = None, train_mode: str = "resize", native_scale: float = 1.0,
+                 predict_images: str | None = None, image_size: int = 1024, evaluation: Evaluation | None = None,
+                 train_mode: str = "resize", native_scale: float = 1.0,
                  scale_range: tuple[float, float] = (0.1, 2.0), hflip: float = 0.5, min_box_size: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  with_masks: bool = False, drop_invalid: bool = False, batch_size: int = 2,
@@ -150,7 +135,7 @@ class COCODetectionDataModule(LightningDataModule):
                         mean=mean, std=std, batch_size=batch_size, eval_batch_size=eval_batch_size,
                         num_workers=num_workers)
         check_global_batch_size(self, global_batch_size, batch_size)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["evaluation"])     # the task stores the protocol
         self.root = root
         self.splits = {
             "train": (train_json, train_images),
@@ -163,17 +148,14 @@ class COCODetectionDataModule(LightningDataModule):
                 raise ConfigError(f"data {split}_json / {split}_images: give both the json and the image directory "
                                   f"(got {json_path!r}, {images!r})")
         self.image_size = image_size
-        self.tile_overlap = resolve_eval_mode(eval_mode, tile_overlap, image_size)
-        self.eval_mode = eval_mode
         if train_mode not in TRAIN_MODES:
             raise ConfigError(f"data train_mode={train_mode!r} is invalid: give one of {', '.join(TRAIN_MODES)}")
-        if train_mode == "native" and eval_mode == "resize":
-            raise ConfigError("data train_mode=native trains on objects at their own pixel size but eval_mode=resize "
-                              f"would shrink every image to image_size={image_size}: set eval_mode native or tiled")
         self.train_mode = train_mode
         if isinstance(native_scale, bool) or not isinstance(native_scale, (int, float)) or not 0 < native_scale <= 8:
             raise ConfigError(f"data native_scale={native_scale!r} is invalid: give a factor in (0, 8]")
         self.native_scale = float(native_scale)
+        self.evaluation = self.resolve_evaluation(evaluation_from(DetEvaluation, evaluation) or DetEvaluation())
+        check_against_training(self.evaluation, {"train_mode": train_mode}, where=type(self).__name__)
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.min_box_size = min_box_size
@@ -189,6 +171,13 @@ class COCODetectionDataModule(LightningDataModule):
         self.datasets: dict[str, COCODetectionDataset] = {}
         self.category_ids: list[int] = []
         self.class_names: list[str] = []
+
+    #: the protocol this datamodule's evaluation transform follows (the task of the same kind declares it too)
+    evaluation_type = DetEvaluation
+
+    def resolve_evaluation(self, protocol: DetEvaluation) -> DetEvaluation:
+        """``protocol`` with its unset ``image_size`` / ``native_scale`` taken from this datamodule."""
+        return protocol.resolve(self.image_size, self.native_scale)
 
     @property
     def eval_batch_size(self) -> int:
@@ -258,11 +247,11 @@ class COCODetectionDataModule(LightningDataModule):
                          check_masks=self.with_masks, allow_outside_root=self.allow_outside_root)
         self._set_categories(coco, json_path)
         train = split == "train"
-        transform = DetectionTransform(self.image_size, train=train, scale_range=self.scale_range,
-                                       hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
-                                       std=self.std,
-                                       native=self.train_mode == "native" if train else self.eval_mode != "resize",
-                                       native_scale=self.native_scale)
+        transform = (DetectionTransform(self.image_size, train=True, scale_range=self.scale_range,
+                                        hflip=self.hflip, min_box_size=self.min_box_size, mean=self.mean,
+                                        std=self.std, native=self.train_mode == "native",
+                                        native_scale=self.native_scale)
+                     if train else eval_transform(self.evaluation, self.mean, self.std))
         dataset = COCODetectionDataset(coco, images, self.category_ids, transform, train=train,
                                        with_masks=self.with_masks, with_gt=split != "train")
         if train and not len(dataset):
@@ -290,9 +279,8 @@ class COCODetectionDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         dataset = self.datasets[split]
-        tile = (self.image_size, self.tile_overlap) if self.eval_mode == "tiled" else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > batch_size,
-                          num_workers=self.num_workers, collate_fn=functools.partial(collate_detection, tile=tile),
+                          num_workers=self.num_workers, collate_fn=collate_detection,
                           worker_init_fn=seed_worker,
                           persistent_workers=self.num_workers > 0)
 

@@ -129,11 +129,8 @@ class COCODetectionDataset(Dataset):
         return sample
 
 
-def collate_detection(samples: list[dict], tile: tuple[int, int] | None = None) -> dict:
-    """Batch samples: images padded (bottom/right, zeros) to a common size; the rest as lists.
-
-    ``tile``: (tile size, overlap) of tiled evaluation, carried as ``batch["tile"]`` (the task tiles).
-    """
+def collate_detection(samples: list[dict]) -> dict:
+    """Batch samples: images padded (bottom/right, zeros) to a common size; the rest as lists."""
     heights = [s["image"].shape[-2] for s in samples]
     widths = [s["image"].shape[-1] for s in samples]
     images = samples[0]["image"].new_zeros((len(samples), 3, max(heights), max(widths)))
@@ -146,6 +143,4 @@ def collate_detection(samples: list[dict], tile: tuple[int, int] | None = None) 
     if "masks" in batch:
         batch["masks"] = [torch.nn.functional.pad(m, (0, max(widths) - m.shape[-1], 0, max(heights) - m.shape[-2]))
                           for m in batch["masks"]]
-    if tile is not None:
-        batch["tile"] = tuple(int(v) for v in tile)
     return batch

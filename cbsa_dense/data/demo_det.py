@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 
 from cbsa_dense.data.coco_datamodule import COCODetectionDataModule
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.tasks.eval_protocol import Evaluation
 
 CATEGORIES = [{"id": 2, "name": "circle"}, {"id": 5, "name": "square"}, {"id": 9, "name": "triangle"}]
 #: Bumped when the generator changes, so a stale cache is regenerated.
@@ -181,7 +182,7 @@ class DemoDetectionDataModule(COCODetectionDataModule):
         num_threads: torch intra-op CPU threads of the training process, set at setup (``None``: torch's
             default, one per core). On CPUs shared with other jobs, 1 avoids the oversubscription stalls
             that made a 2-thread run 5-10x slower in our measurements.
-        image_size, eval_mode, tile_overlap, train_mode, native_scale, scale_range, hflip, min_box_size, with_masks, batch_size,
+        image_size, evaluation, train_mode, native_scale, scale_range, hflip, min_box_size, with_masks, batch_size,
             eval_batch_size, num_workers, global_batch_size: as in :class:`COCODetectionDataModule` (the json/image paths are set here).
     """
 
@@ -190,11 +191,11 @@ class DemoDetectionDataModule(COCODetectionDataModule):
                  scale_range: tuple[float, float] = (0.75, 1.25), hflip: float = 0.5, min_box_size: float = 1.0,
                  with_masks: bool = False, batch_size: int = 8, eval_batch_size: int | None = None,
                  num_workers: int = 1, num_threads: int | None = None,
-                 global_batch_size: int | None = None, eval_mode: str = "resize",
-                 tile_overlap: int | None = None, train_mode: str = "resize", native_scale: float = 1.0) -> None:
+                 global_batch_size: int | None = None, evaluation: Evaluation | None = None,
+                 train_mode: str = "resize", native_scale: float = 1.0) -> None:
         super().__init__(root=root, train_json="annotations/instances_train.json", train_images="train",
                          val_json="annotations/instances_val.json", val_images="val", image_size=image_size,
-                         eval_mode=eval_mode, tile_overlap=tile_overlap, train_mode=train_mode,
+                         evaluation=evaluation, train_mode=train_mode,
                          native_scale=native_scale,
                          scale_range=scale_range, hflip=hflip, min_box_size=min_box_size, with_masks=with_masks,
                          batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,

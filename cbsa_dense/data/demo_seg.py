@@ -19,6 +19,7 @@ from PIL import Image
 
 from cbsa_dense.data.ade20k import ADE20KDataModule
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.tasks.eval_protocol import Evaluation, SegEvaluation
 
 DEMO_CLASSES = ("sky", "ground", "disc", "box", "triangle", "ring")
 _VERSION = 1
@@ -131,14 +132,18 @@ class DemoSegDataModule(ADE20KDataModule):
             one per core). On CPUs shared with other jobs, 1 avoids oversubscription stalls: measured on
             the project's shared 2-core machine, 0.23 s per demo step with 1 thread vs 3.1 s with 2.
         **kwargs: :class:`~cbsa_dense.data.ade20k.ADE20KDataModule` arguments (crop, scales, loaders).
+        evaluation: the task's protocol, linked here by the CLI; ``None``: the images at their own size, whole.
     """
+
+    #: the generated images are small: evaluated at their own size
+    default_evaluation = SegEvaluation(scale=None)
 
     def __init__(self, root: str = "data_cache/demo_ade20k", num_train: int = 320, num_val: int = 64,
                  image_size: tuple[int, int] = (96, 128), seed: int = 0, batch_size: int = 16,
                  val_batch_size: int = 16, num_workers: int = 0, crop_size: tuple[int, int] = (96, 96),
                  scale: tuple[int, int] = (256, 96), ratio_range: tuple[float, float] = (0.75, 1.5),
                  cat_max_ratio: float = 0.75, photometric: bool = True,
-                 eval_scale: tuple[int, int] | None = None,
+                 evaluation: Evaluation | None = None,
                  mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  validate_labels: bool = True, predict_images: str | None = None,
                  num_threads: int | None = None, global_batch_size: int | None = None) -> None:
@@ -147,10 +152,10 @@ class DemoSegDataModule(ADE20KDataModule):
         super().__init__(root=root, num_classes=len(DEMO_CLASSES), class_names=list(DEMO_CLASSES),
                          batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
                          crop_size=crop_size, scale=scale, ratio_range=ratio_range, cat_max_ratio=cat_max_ratio,
-                         photometric=photometric, eval_scale=eval_scale, mean=mean, std=std,
+                         photometric=photometric, evaluation=evaluation, mean=mean, std=std,
                          validate_labels=validate_labels, predict_images=predict_images,
                          global_batch_size=global_batch_size)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["evaluation"])          # the task stores the protocol
         self.num_threads = num_threads
         self.generation = {"num_train": num_train, "num_val": num_val, "image_size": tuple(image_size),
                            "seed": seed}

@@ -19,8 +19,9 @@ from cbsa_dense.data.loaders import eval_loader, train_loader
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
 from cbsa_dense.data.seg_labels import IGNORE_INDEX, check_unique_names, default_palette
-from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, SegEvalTransform, SegTrainTransform
+from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, SegTrainTransform
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.tasks.eval_protocol import Evaluation, SegEvaluation, eval_transform, evaluation_from
 
 
 class SegDataModule(LightningDataModule):
@@ -48,7 +49,9 @@ class SegDataModule(LightningDataModule):
     naming the setting at construction. Images of any size and shape are accepted: a very thin image is
     resized to at least one pixel across and padded to the crop.
         photometric: photometric distortion in training.
-        eval_scale: (long, short) keep-ratio resize of evaluation images; ``None`` keeps their size.
+        evaluation: the task's evaluation protocol (:class:`~cbsa_dense.tasks.eval_protocol.SegEvaluation`,
+            ``model.init_args.evaluation``), which the CLI links here: its ``scale`` resizes the evaluation
+            images. Set it on the task, not here; ``None``: :attr:`default_evaluation`.
         mean: normalization mean (images in [0, 1]).
         std: normalization std (images in [0, 1]).
         validate_labels: read every mask of the used splits at setup and fail on values outside the
@@ -62,7 +65,7 @@ class SegDataModule(LightningDataModule):
                  num_workers: int = 4, crop_size: tuple[int, int] = (512, 512),
                  scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: float = 0.75, photometric: bool = True,
-                 eval_scale: tuple[int, int] | None = (2048, 512),
+                 evaluation: Evaluation | None = None,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  validate_labels: bool = True, predict_images: str | None = None,
                  global_batch_size: int | None = None) -> None:
@@ -94,12 +97,17 @@ class SegDataModule(LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = SegTrainTransform(crop_size, scale, ratio_range, cat_max_ratio,
                                                  photometric=photometric, mean=mean, std=std)
-        self.eval_scale = tuple(eval_scale) if eval_scale is not None else None    # part of the eval protocol
-        self.eval_transform = SegEvalTransform(eval_scale, mean=mean, std=std)
+        self.evaluation = evaluation_from(SegEvaluation, evaluation) or self.default_evaluation
+        self.eval_transform = eval_transform(self.evaluation, mean, std)
         self.validate_labels = validate_labels
         self.predict_images = predict_images
         self.mask_palette: np.ndarray | None = None
         self.datasets: dict[str, SegDataset] = {}
+
+    #: the protocol this datamodule's evaluation transform follows (the task of the same kind declares it too)
+    evaluation_type = SegEvaluation
+    #: the protocol without one given: mmseg's ADE20K evaluation, (2048, 512) resize, whole image
+    default_evaluation = SegEvaluation()
 
     def split_samples(self, split: str) -> list[tuple[Path, Path | None]]:
         """(image, mask) pairs of ``split`` in {"train", "val", "test"}; implemented by subclasses."""

@@ -16,6 +16,7 @@ from cbsa_dense.data.seg_labels import (
 )
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbsa_dense.errors import ConfigError, DataError
+from cbsa_dense.tasks.eval_protocol import Evaluation
 
 #: ``root`` layout: split -> (images folder, masks folder) relative to ``root``; plus ``classes.txt``.
 ROOT_LAYOUT = {"train": ("images/train", "masks/train"), "val": ("images/val", "masks/val"),
@@ -100,7 +101,7 @@ class SegFolderDataModule(SegDataModule):
                  num_workers: int = 4, crop_size: tuple[int, int] = (512, 512),
                  scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: float = 0.75, photometric: bool = True,
-                 eval_scale: tuple[int, int] | None = (2048, 512),
+                 evaluation: Evaluation | None = None,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  validate_labels: bool = True, predict_images: str | None = None, root: str | None = None,
                  skip_unpaired: bool = False, global_batch_size: int | None = None) -> None:
@@ -128,9 +129,9 @@ class SegFolderDataModule(SegDataModule):
                          reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, batch_size=batch_size,
                          val_batch_size=val_batch_size, num_workers=num_workers, crop_size=crop_size, scale=scale,
                          ratio_range=ratio_range, cat_max_ratio=cat_max_ratio, photometric=photometric,
-                         eval_scale=eval_scale, mean=mean, std=std, validate_labels=validate_labels,
+                         evaluation=evaluation, mean=mean, std=std, validate_labels=validate_labels,
                          predict_images=predict_images, global_batch_size=global_batch_size)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["evaluation"])          # the task stores the protocol
         if mask_palette is not None:
             self.mask_palette = np.asarray(mask_palette, dtype=np.int64)
             if self.mask_palette.shape != (self.num_classes, 3):

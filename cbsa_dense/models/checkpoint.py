@@ -1,4 +1,7 @@
-"""Reading checkpoint and weight files, and loading them with a report. No Lightning imports.
+"""Reading checkpoint and weight files, and loading tensors into a module with a report. No Lightning imports.
+
+What a checkpoint of a task holds (its stored task config, class count, evaluation protocol) is the task
+layer's business: :mod:`cbsa_dense.tasks.checkpoint_format`.
 
 Every file goes through :func:`read_checkpoint`: ``torch.load(weights_only=True)`` (a pickle could run
 code) or safetensors, with one-line :class:`~cbsa_dense.errors.CheckpointError` messages for a missing
@@ -8,7 +11,6 @@ file, a directory, an empty, truncated or foreign file, and a file holding Pytho
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import logging
 import zipfile
 from collections.abc import Sequence
@@ -23,10 +25,6 @@ from cbsa_dense.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
-
-#: ``--ckpt_path`` values that Lightning resolves itself (not file paths).
-LIGHTNING_CKPT_ALIASES = ("best", "last", "hpc", "registry")
-
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint or weights file does not exist (also a ``FileNotFoundError``)."""
@@ -130,200 +128,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         CheckpointError: see :func:`read_checkpoint`; or the file holds no tensors.
     """
     return state_dict_of(read_checkpoint(path, what="weights"), path)
-
-
-# ------------------------------------------------------------------------------------- task checkpoints
-def _class_name(class_path: str) -> str:
-    return class_path.rpartition(".")[2]
-
-
-def _class_path_of(task: object) -> str:
-    """``module.Class`` of a task given as an instance, a class, or a class path."""
-    if isinstance(task, str):
-        return task
-    cls = task if isinstance(task, type) else type(task)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _import_class(class_path: str) -> type | None:
-    module, _, name = class_path.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except Exception:  # not importable: only the names can be compared
-        return None
-    return found if isinstance(found, type) else None
-
-
-def _same_task(stored: str, own: str) -> bool:
-    if stored == own:
-        return True
-    stored_cls, own_cls = _import_class(stored), _import_class(own)
-    if stored_cls is None or own_cls is None:
-        return False
-    return issubclass(own_cls, stored_cls) or issubclass(stored_cls, own_cls)
-
-
-def check_task_class(checkpoint: dict, path: str | Path, task: object, hint: str = "") -> None:
-    """Check that a Lightning checkpoint was written by the task class it is loaded into.
-
-    ``task`` is the task (instance, class or class path). Uses ``hyper_parameters._class_path``
-    (written by LightningCLI); checkpoints without it pass.
-
-    Raises:
-        CheckpointError: ``the checkpoint <path> holds a <Class> (hyper_parameters _class_path ...), the
-            config builds <Class>`` + ``hint``.
-    """
-    hparams = checkpoint.get("hyper_parameters")
-    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
-    own = _class_path_of(task)
-    if not isinstance(class_path, str) or _same_task(class_path, own):
-        return
-    raise CheckpointError(f"the checkpoint {path} holds a {_class_name(class_path)} (hyper_parameters "
-                          f"_class_path {class_path}), the config builds {_class_name(own)}"
-                          + (f": {hint}" if hint else ""))
-
-
-#: Arguments the CLI links from the datamodule into the task (``data.num_classes``): they are not part of
-#: a task config, so the task config stored in a checkpoint is replayed without them.
-LINKED_TASK_ARGS = ("num_classes",)
-
-
-def task_hparams(checkpoint: dict) -> dict:
-    """The task config stored in a checkpoint (its ``hyper_parameters``), in this release's layout, without
-    the files its training run read (:func:`self_contained`; older checkpoints still name them).
-
-    Checkpoints of 0.1 stored a segmentation task as ``model: {Segmentor: {encoder, head: {in_channels,
-    num_classes, ...}}}``; this returns the one-assembly-path layout (``encoder``, ``head`` without the
-    widths, ``num_classes``) so that they load unchanged (their state-dict keys are the same).
-    """
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    old = hparams.get("model")
-    if isinstance(old, dict) and "Segmentor" in str(old.get("class_path", "")):
-        init = dict(old.get("init_args") or {})
-        hparams.pop("model")
-        head = dict(init.get("head") or {})
-        head_args = dict(head.get("init_args") or {})
-        num_classes = head_args.pop("num_classes", None)
-        head_args.pop("in_channels", None)
-        hparams["encoder"] = init.get("encoder")
-        hparams["head"] = {**head, "init_args": head_args}
-        if num_classes is not None:
-            hparams["num_classes"] = num_classes
-    return self_contained(hparams)[0]
-
-
-#: Arguments that name files read while a task is built: encoder ``pretrained`` weights, task ``weights``.
-#: Once training has run, their tensors are in the checkpoint's state dict: the paths are history.
-FILE_ARGS = ("pretrained", "weights")
-
-
-def self_contained(hparams: dict, encoder_args: dict | None = None) -> tuple[dict, dict]:
-    """A task config that rebuilds the model from the checkpoint alone, and what it left out.
-
-    Every string :data:`FILE_ARGS` value (at any depth) becomes ``None``; ``encoder_args`` (the built
-    encoder's ``stored_args()``: its resolved architecture instead of a timm ``arch`` name) replace the
-    encoder's ``init_args``. The input is not modified (containers are copied, other values shared).
-
-    Returns:
-        ``(config, provenance)``: provenance maps the dotted key of each replaced value to the value
-        (``{"encoder.init_args.pretrained": "/w/enc.pth", "encoder.init_args.arch": "vit_small_..."}``).
-    """
-    provenance: dict = {}
-
-    def copy(node, where: str):
-        if isinstance(node, dict):
-            out = {}
-            for key, value in node.items():
-                if key in FILE_ARGS and isinstance(value, str):
-                    provenance[where + key] = value
-                    value = None
-                out[key] = copy(value, f"{where}{key}.")
-            return out
-        if isinstance(node, list):
-            return [copy(value, where) for value in node]
-        return node
-
-    config = copy(hparams, "")
-    encoder = config.get("encoder")
-    if encoder_args and isinstance(encoder, dict) and isinstance(encoder.get("init_args"), dict):
-        init = encoder["init_args"]
-        for key, value in encoder_args.items():
-            if key in init and init[key] != value and init[key] is not None and key not in FILE_ARGS:
-                provenance[f"encoder.init_args.{key}"] = init[key]
-            init[key] = value
-    return config, provenance
-
-
-def stored_eval_args(checkpoint: dict) -> dict:
-    """Task arguments of the evaluation protocol kept beside the hyper-parameters by earlier versions
-    (``checkpoint["eval_protocol"]``): ``inference`` (segmentation) and ``max_detection_thresholds``
-    (detection), those present. Checkpoints written now store them as hyper-parameters."""
-    protocol = checkpoint.get("eval_protocol") or {}
-    return {key: protocol[key] for key in ("inference", "max_detection_thresholds") if protocol.get(key) is not None}
-
-
-def stored_data_eval(checkpoint: dict) -> dict:
-    """The data's evaluation settings a checkpoint records: ``eval_scale`` (segmentation; ``None`` = original
-    size) and ``image_size``, ``eval_mode``, ``tile_overlap`` (detection), those present, from ``data_info`` (earlier versions:
-    ``eval_protocol``)."""
-    info = checkpoint.get("data_info") or {}
-    protocol = checkpoint.get("eval_protocol") or {}
-    found = {}
-    for key in ("eval_scale", "image_size", "eval_mode", "tile_overlap", "native_scale"):
-        for source in (info, protocol):
-            if key in source:
-                found[key] = source[key]
-                break
-    return found
-
-
-def task_config(checkpoint: dict) -> dict | None:
-    """The task config a checkpoint stores, ``{"class_path": ..., "init_args": {...}}``, to be replayed by the
-    CLI: this release's layout (:func:`task_hparams`), without Lightning's bookkeeping keys and without the
-    arguments the CLI links from the data (:data:`LINKED_TASK_ARGS`), with the evaluation settings that
-    earlier versions kept beside the hyper-parameters (:func:`stored_eval_args`). ``None`` when the checkpoint records no
-    task class (not written by a LightningCLI-built task)."""
-    hparams = task_hparams(checkpoint)
-    class_path = hparams.get("_class_path")
-    if not class_path:
-        return None
-    init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in LINKED_TASK_ARGS}
-    init_args.update({k: v for k, v in stored_eval_args(checkpoint).items() if init_args.get(k) is None})
-    return {"class_path": class_path, "init_args": init_args}
-
-
-def stored_num_classes(checkpoint: dict) -> int | None:
-    """The class count a checkpoint was trained for (its task's ``num_classes``), if recorded."""
-    value = task_hparams(checkpoint).get("num_classes")
-    if value is None:
-        value = (checkpoint.get("data_info") or {}).get("num_classes")
-    return int(value) if value is not None else None
-
-
-def check_num_classes(checkpoint: dict, path: str | Path, num_classes: int, hint: str = "") -> None:
-    """CheckpointError when a checkpoint was trained for another class count than the model being built."""
-    stored = stored_num_classes(checkpoint)
-    if stored is not None and stored != int(num_classes):
-        raise CheckpointError(f"checkpoint {path} was trained for {stored} classes but the model is built for "
-                              f"{num_classes} (num_classes comes from the data: its class names / categories)"
-                              + (f"; {hint}" if hint else ""))
-
-
-def check_weights_path(path: str | Path | None, task: object, strict: bool = True) -> None:
-    """Early check of a task's ``weights`` file (before data setup): readable, and, for a checkpoint of this
-    project under ``strict``, written by ``task``'s class. The full check happens when it is loaded.
-
-    Raises:
-        CheckpointError: see :func:`read_checkpoint` and :func:`check_task_class`.
-    """
-    if not path:
-        return
-    checkpoint = read_checkpoint(path, what="weights", mmap=True)
-    if strict and isinstance(checkpoint.get("state_dict"), dict):
-        own = _class_name(_class_path_of(task))
-        check_task_class(checkpoint, path, task,
-                         hint=f"give a {own} checkpoint, or set --model.init_args.weights_strict false to load "
-                              f"only the tensors that fit (e.g. the encoder)")
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -17,6 +17,7 @@ trained for another class count keeps its fresh initialization and is reported (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,6 @@ from torch import nn
 
 from cbsa_dense.models.checkpoint import (
     LoadReport,
-    check_task_class,
     load_matching,
     read_checkpoint,
     state_dict_of,
@@ -80,16 +80,18 @@ def model_state_dict_from(state_dict: dict[str, torch.Tensor], model: nn.Module)
     return map_weights(state_dict, model)[1]
 
 
-def load_model_weights(model: nn.Module, path: str | Path, *, strict: bool = True, task: object | None = None,
+def load_model_weights(model: nn.Module, path: str | Path, *, strict: bool = True,
+                       check_checkpoint: Callable[[dict], None] | None = None,
                        opt_out: str = "weights_strict: false") -> LoadReport:
     """Weights-only init of ``model`` from ``path`` under the module docstring's loading policy.
 
     Args:
         model: the task's model (``encoder``, ``head`` ...).
         path: any supported file (see :func:`map_weights`).
-        strict: encoder weights must fit the encoder, and a checkpoint of this project must come from the
-            same task class as ``task``; ``False`` logs those problems and loads what fits.
-        task: the LightningModule ``model`` belongs to, for the task-class check of our checkpoints.
+        strict: encoder weights must fit the encoder, and a checkpoint of this project must pass
+            ``check_checkpoint``; ``False`` logs the problems and loads what fits.
+        check_checkpoint: called with a checkpoint of this project (the whole read file) under ``strict``; the
+            task layer checks there that it was written by the same task class.
         opt_out: the setting that turns ``strict`` off, named in errors.
 
     Returns:
@@ -102,10 +104,8 @@ def load_model_weights(model: nn.Module, path: str | Path, *, strict: bool = Tru
     """
     checkpoint = read_checkpoint(path, what="weights")
     kind, state_dict = map_weights(state_dict_of(checkpoint, path), model)
-    if kind == "lightning" and task is not None and strict:
-        check_task_class(checkpoint, path, task,
-                         hint=f"give a {type(task).__name__} checkpoint, or set {opt_out} to load only the "
-                              f"tensors that fit (e.g. the encoder)")
+    if kind == "lightning" and check_checkpoint is not None and strict:
+        check_checkpoint(checkpoint)
     encoder_weights = kind in ENCODER_KINDS and getattr(model, "encoder", None) is not None
     return load_matching(model, state_dict, source=str(path), strict=strict and encoder_weights,
                          scope="encoder.", may_reinit=[f"encoder.{k}" for k in FRESH_ENCODER_KEYS],

@@ -24,9 +24,10 @@ from cbsa_dense.tasks.param_groups import apply_lr_scale, param_groups
 
 #: Datamodule attributes saved into every checkpoint (``checkpoint["data_info"]``) so that evaluation,
 #: prediction and export need no training config: class names, normalization, label conventions.
+#: How the model was evaluated is not data: it is the task's ``evaluation`` (a hyper-parameter); what the
+#: training data did (``train_mode``, ``native_scale``) is kept to check a protocol against it.
 DATA_INFO_KEYS = ("num_classes", "class_names", "mean", "std", "reduce_zero_label", "ignore_index",
-                  "palette", "category_ids", "image_size", "eval_mode", "tile_overlap",
-                  "train_mode", "native_scale")
+                  "palette", "category_ids", "train_mode", "native_scale")
 
 
 class BaseTask(LightningModule):
@@ -82,9 +83,17 @@ class BaseTask(LightningModule):
     def load_weights(self, path: str):
         """Weights-only initialization of ``self.model`` from ``path``; returns the load report."""
         from cbsa_dense.models.weights import load_model_weights
+        from cbsa_dense.tasks.checkpoint_format import check_task_class
 
-        return load_model_weights(self.model, path, strict=getattr(self, "weights_strict", True), task=self,
-                                  opt_out="--model.init_args.weights_strict false")
+        opt_out = "--model.init_args.weights_strict false"
+
+        def same_task(checkpoint: dict) -> None:
+            check_task_class(checkpoint, path, self,
+                             hint=f"give a {type(self).__name__} checkpoint, or set {opt_out} to load only the "
+                                  f"tensors that fit (e.g. the encoder)")
+
+        return load_model_weights(self.model, path, strict=getattr(self, "weights_strict", True),
+                                  check_checkpoint=same_task, opt_out=opt_out)
 
     def on_fit_start(self) -> None:
         if self.weights and self.trainer.ckpt_path is None:
@@ -103,7 +112,7 @@ class BaseTask(LightningModule):
             # The checkpoint rebuilds its task from itself: no pretrained/weights file (their tensors are in the
             # state dict) and an ``arch`` encoder's sizes made explicit (another timm version builds the same
             # model). The replaced values are kept as ``checkpoint["provenance"]``.
-            from cbsa_dense.models.checkpoint import self_contained
+            from cbsa_dense.tasks.checkpoint_format import self_contained
 
             encoder = getattr(getattr(self, "model", None), "encoder", None)
             stored_args = getattr(encoder, "stored_args", None)
@@ -115,7 +124,7 @@ class BaseTask(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before Lightning's strict state-dict load: a checkpoint of another task class (segmentation
         # weights for a detection config) fails here with one line instead of a key-by-key RuntimeError.
-        from cbsa_dense.models.checkpoint import check_num_classes, check_task_class
+        from cbsa_dense.tasks.checkpoint_format import check_num_classes, check_task_class
 
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         check_task_class(checkpoint, path or "being loaded", self,
@@ -126,6 +135,11 @@ class BaseTask(LightningModule):
                               hint="evaluate it on data with those classes, or fine-tune it with "
                                    "--model.init_args.weights (a fresh head for the new classes)")
         self.data_info = checkpoint.get("data_info", {})
+        evaluation = getattr(self, "evaluation", None)
+        if evaluation is not None:
+            from cbsa_dense.tasks.eval_protocol import check_against_training
+
+            check_against_training(evaluation, self.data_info, where=f"checkpoint {path or 'being loaded'}")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
@@ -134,7 +148,8 @@ class BaseTask(LightningModule):
         pretrained or weights file is read) with the evaluation protocol it records (sliding window, detection
         limits); ``kwargs`` override stored arguments. Other checkpoints (no LightningCLI ``_class_path``),
         an ``hparams_file`` or a file object go through Lightning's own loader."""
-        from cbsa_dense.models.checkpoint import check_task_class, read_checkpoint
+        from cbsa_dense.models.checkpoint import read_checkpoint
+        from cbsa_dense.tasks.checkpoint_format import check_task_class
         from cbsa_dense.tasks.loading import task_from_checkpoint
 
         if hparams_file is None and isinstance(checkpoint_path, (str, Path)) and _plain_values(kwargs):
@@ -194,6 +209,27 @@ def _plain_values(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain_values(v) for v in value)
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def adopt_evaluation(own, datamodule):
+    """The protocol a task evaluates with once attached to ``datamodule``: its own (``None``: the datamodule's),
+    resolved by the datamodule (detection: ``image_size`` / ``native_scale`` from the training data).
+
+    Raises:
+        ConfigError: the task and the datamodule were given different protocols (built in Python; the CLI
+            links the task's into the datamodule).
+    """
+    data_protocol = getattr(datamodule, "evaluation", None)
+    if data_protocol is None:
+        return own
+    if own is None:
+        return data_protocol
+    resolve = getattr(datamodule, "resolve_evaluation", None)
+    mine = resolve(own) if callable(resolve) else own
+    if mine != data_protocol:
+        raise ConfigError(f"the task evaluates with {mine} but the datamodule {type(datamodule).__name__} with "
+                          f"{data_protocol}: give both the same evaluation (the CLI links the task's into the data)")
+    return mine
 
 
 def under_cli() -> bool:

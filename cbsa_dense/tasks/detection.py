@@ -15,21 +15,16 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from cbsa_dense.errors import ConfigError
-from cbsa_dense.metrics.coco_map import COCO_MAX_DETS, COCOMeanAveragePrecision, check_max_dets
+from cbsa_dense.metrics.coco_map import COCOMeanAveragePrecision
 from cbsa_dense.models.detector import Detector, HeadFactory, NeckFactory
 from cbsa_dense.models.encoders.base import Encoder
-from cbsa_dense.tasks.base import BaseTask, run_dir, under_cli
+from cbsa_dense.tasks.base import BaseTask, adopt_evaluation, run_dir, under_cli
+from cbsa_dense.tasks.eval_protocol import DetEvaluation, evaluation_from
 
 #: Logged names of the COCO numbers (torchmetrics key -> our suffix); plus ``mar_{largest detection limit}``.
 _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "map_s", "map_medium": "map_m",
            "map_large": "map_l"}
 
-
-#: The evaluation resize of :class:`~cbsa_dense.data.det_transforms.DetectionTransform` (recorded in checkpoints).
-RESIZE_RULE = "longest side to image_size, zero-padded to image_size x image_size"
-#: The same for the data's other ``eval_mode``\s.
-EVAL_RULES = {"resize": RESIZE_RULE, "native": "original size, one pass",
-              "tiled": "original size, image_size tiles overlapping by tile_overlap, merged"}
 
 
 def head_nms_settings(head) -> tuple[float, int | None]:
@@ -52,10 +47,10 @@ class DetectionTask(BaseTask):
 
     Crowded scenes: two limits decide how many objects per image can count. The head keeps at most
     ``detections_per_img`` (FCOS / RetinaNet; ``box_detections_per_img`` for Faster / Mask R-CNN; 100 by
-    default) detections per image, and the metric scores at most ``max_detection_thresholds[-1]`` (M, COCO's
-    ``maxDets``, 100 by default) per image and class. With more objects per image than either, AP stays below
+    default) detections per image, and the metric scores at most ``evaluation.max_detection_thresholds[-1]`` (M,
+    COCO's ``maxDets``, 100 by default) per image and class. With more objects per image than either, AP stays below
     1 even for perfect predictions: raise both, e.g. ``detections_per_img: 300`` and
-    ``max_detection_thresholds: [1, 10, 300]``. AP, AP50, AP75, APs/m/l and ``mar_{M}`` are computed at the
+    ``evaluation: {max_detection_thresholds: [1, 10, 300]}``. AP, AP50, AP75, APs/m/l and ``mar_{M}`` are computed at the
     largest limit (pycocotools' ``summarize`` would report its headline AP at 100 detections whatever the
     limits; see :mod:`cbsa_dense.metrics.coco_map`).
 
@@ -67,10 +62,12 @@ class DetectionTask(BaseTask):
         num_classes: object categories. Under the CLI it comes from the datamodule (``data.num_classes``: the
             categories of its json) and cannot be set separately.
         mask_threshold: probability above which a predicted mask pixel is foreground.
-        max_detection_thresholds: the metric's three detection limits per image (COCO's ``maxDets``,
-            increasing; default ``[1, 10, 100]``); an evaluation setting: it travels in the checkpoint
-            (a hyper-parameter; the data's ``image_size`` in ``checkpoint["data_info"]``) and
-            ``test``/``validate``/``predict`` use it unless the command line or config gives one.
+        evaluation: the evaluation protocol (:class:`~cbsa_dense.tasks.eval_protocol.DetEvaluation`: resize,
+            native or tiled input, the metric's ``max_detection_thresholds``); ``None``: the datamodule's
+            default (resize to its ``image_size``, COCO's limits). The CLI gives it to the datamodule, which
+            builds its evaluation transform with it; the task tiles from it. It travels with every
+            checkpoint (resolved) and ``validate``/``test``/``predict --ckpt_path`` and
+            :func:`cbsa_dense.load` use it unless the command line or a config sets it.
         results_dir: where ``test_results.json`` / ``predictions.json`` go (default: the trainer's log dir).
         overlays: ``predict`` also draws each image's detections over the original image file, at its
             original size, into ``<results_dir>/overlays/<file_name>.png`` (the json's ``file_name`` with
@@ -94,13 +91,15 @@ class DetectionTask(BaseTask):
 
     #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
     checkpoint_monitor = ("val_map", "max")
+    #: the protocol this task evaluates with (the datamodules of the same kind declare it too)
+    evaluation_type = DetEvaluation
 
     def __init__(self, encoder: Encoder, neck: NeckFactory, head: HeadFactory, num_classes: int,
                  mask_threshold: float = 0.5, results_dir: str | None = None,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = 0.7,
                  freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True,
-                 max_detection_thresholds: list[int] | None = None, head_lr_scale: float = 1.0, overlays: bool = True,
+                 evaluation: DetEvaluation | None = None, head_lr_scale: float = 1.0, overlays: bool = True,
                  overlay_score_threshold: float = 0.3) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
                          layer_decay=layer_decay, freeze=freeze, weights=weights, weights_strict=weights_strict,
@@ -109,10 +108,10 @@ class DetectionTask(BaseTask):
             raise ConfigError(f"model overlay_score_threshold={overlay_score_threshold!r} is invalid: give a score "
                               "in [0, 1]")
         # Output settings stay out of the checkpoint's hyper-parameters (a stored folder means nothing
-        # elsewhere); the evaluation's detection limits are hyper-parameters, replayed as defaults that a
-        # command line or config overrides (:mod:`cbsa_dense.stored_run`).
+        # elsewhere); the evaluation protocol is one, replayed as a default that a command line or config
+        # overrides (:mod:`cbsa_dense.cli.stored_run`).
         self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "overlays", "overlay_score_threshold"]
-                                  + ([] if under_cli() else ["encoder", "neck", "head"]))
+                                  + ([] if under_cli() else ["encoder", "neck", "head", "evaluation"]))
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
@@ -122,17 +121,37 @@ class DetectionTask(BaseTask):
         self._overlay_targets: dict[int, tuple | None] = {}
         self._overlay_count = 0
         self.iou_types = ("bbox", "segm") if self.model.with_masks else ("bbox",)
-        self.max_detection_thresholds = check_max_dets(
-            COCO_MAX_DETS if max_detection_thresholds is None else max_detection_thresholds, "max_detection_thresholds")
-        self.val_map = COCOMeanAveragePrecision(self.iou_types, max_detection_thresholds=self.max_detection_thresholds)
-        self.test_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True,
-                                                 max_detection_thresholds=self.max_detection_thresholds)
+        self._evaluation = evaluation_from(DetEvaluation, evaluation)
+        self._build_metrics()
         self.category_ids: list[int] = list(range(num_classes))
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self._results: list[dict] = []
         self.apply_freeze()
 
     # ----------------------------------------------------------------------------------------- setup
+    @property
+    def evaluation(self) -> DetEvaluation:
+        """The evaluation protocol in use (the datamodule's default until it is set or adopted at setup)."""
+        return self._evaluation if self._evaluation is not None else DetEvaluation()
+
+    @evaluation.setter
+    def evaluation(self, value: DetEvaluation | dict | None) -> None:
+        self._evaluation = evaluation_from(DetEvaluation, value)
+        self._build_metrics()
+
+    @property
+    def max_detection_thresholds(self) -> list[int]:
+        """The metric's detection limits (the protocol's)."""
+        return list(self.evaluation.max_detection_thresholds)
+
+    def _build_metrics(self) -> None:
+        limits = self.max_detection_thresholds
+        if getattr(self, "_metric_limits", None) == limits:
+            return
+        self._metric_limits = limits
+        self.val_map = COCOMeanAveragePrecision(self.iou_types, max_detection_thresholds=limits)
+        self.test_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True, max_detection_thresholds=limits)
+
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
 
@@ -153,17 +172,16 @@ class DetectionTask(BaseTask):
             self.class_names = list(getattr(datamodule, "class_names", [])) or [str(i) for i in ids]
         if self.model.with_masks and datamodule is not None and not getattr(datamodule, "with_masks", True):
             raise ConfigError(f"{type(self.model.head).__name__} predicts masks: set data with_masks: true")
+        self._evaluation = adopt_evaluation(self._evaluation, datamodule)
+        self._build_metrics()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["data_info"].setdefault("category_ids", list(self.category_ids))
         checkpoint["data_info"].setdefault("class_names", list(self.class_names))
-        # The evaluation's settings travel as hyper-parameters (the head's detection limit, the metric's
-        # ``max_detection_thresholds``) and in ``data_info`` (the input ``image_size`` and its resize rule).
-        checkpoint["data_info"]["resize"] = EVAL_RULES[checkpoint["data_info"].get("eval_mode", "resize")]
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and "_class_path" in hparams:
-            hparams["max_detection_thresholds"] = list(self.max_detection_thresholds)
+            hparams["evaluation"] = self.evaluation.to_dict()   # the protocol in use, resolved
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -190,10 +208,10 @@ class DetectionTask(BaseTask):
     def predict_batch(self, batch: dict) -> list[dict[str, Tensor]]:
         """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``).
 
-        A batch with ``tile`` (tile size, overlap: the data's ``eval_mode: tiled``) is detected tile by tile
+        Under a ``tiled`` protocol the (original-size) images are detected tile by tile
         (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`).
         """
-        if batch.get("tile") is not None:
+        if self.evaluation.mode == "tiled":
             return self._predict_tiled(batch)
         detections = self.model(batch["image"], batch["image_size"])
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
@@ -203,8 +221,8 @@ class DetectionTask(BaseTask):
 
         if self.model.with_masks:
             raise ConfigError(f"{type(self.model.head).__name__} predicts masks, which tiled evaluation does not "
-                              "merge: use data eval_mode native or resize")
-        tile, overlap = batch["tile"]
+                              "merge: use evaluation mode native or resize")
+        tile, overlap = self.evaluation.tile
         nms_thresh, max_dets = head_nms_settings(self.model.head)
         detections = [detect_tiled(self.model, image[:, :h, :w], tile, overlap, nms_thresh, max_dets)
                       for image, (h, w) in zip(batch["image"], batch["image_size"])]

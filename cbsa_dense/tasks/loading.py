@@ -2,9 +2,9 @@
 
 The task config stored in the checkpoint (LightningCLI's hyper-parameters, ``_class_path`` included) is
 instantiated without the files its training run read (encoder ``pretrained``, task ``weights``: their
-tensors are in the state dict; :func:`~cbsa_dense.models.checkpoint.task_hparams`), with the evaluation
-protocol the checkpoint records (``inference``, ``max_detection_thresholds``) unless overridden, then the
-state dict is loaded. :func:`load_task`, ``<Task>.load_from_checkpoint`` and :func:`cbsa_dense.load` all
+tensors are in the state dict; :func:`~cbsa_dense.tasks.checkpoint_format.task_hparams`), with the evaluation
+protocol the checkpoint records (``evaluation``; older layouts mapped) unless overridden, then the state dict
+is loaded. :func:`load_task`, ``<Task>.load_from_checkpoint`` and :func:`cbsa_dense.load` all
 go through :func:`task_from_checkpoint`.
 """
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule
 
-from cbsa_dense.errors import CheckpointError, UserError
-from cbsa_dense.models.checkpoint import read_checkpoint, stored_eval_args, task_hparams
+from cbsa_dense.errors import CheckpointError, ConfigError, UserError
+from cbsa_dense.models.checkpoint import read_checkpoint
+from cbsa_dense.tasks.checkpoint_format import task_hparams
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str |
         path: its file, for messages.
         map_location: device of the loaded tensors.
         strict: strict state-dict loading.
-        overrides: task arguments replacing stored ones (e.g. ``{"inference": {...}}``).
+        overrides: task arguments replacing stored ones; ``evaluation`` as a dict replaces the stored
+            protocol's fields it names (``{"evaluation": {"scale": [896, 504]}}``).
 
     Raises:
         CheckpointError: not a Lightning checkpoint of a LightningCLI-built cbsa_dense task (names the file).
@@ -72,11 +74,14 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str |
     module, _, name = class_path.rpartition(".")
     task_class = getattr(importlib.import_module(module), name)
 
-    accepted = inspect.signature(task_class).parameters
     config = {k: v for k, v in hparams.items() if k != "_instantiator"}
-    protocol = {k: v for k, v in stored_eval_args(checkpoint).items() if k in accepted}
-    config.update({k: v for k, v in protocol.items() if config.get(k) is None})
-    config.update(overrides or {})
+    overrides = dict(overrides or {})
+    if isinstance(overrides.get("evaluation"), dict) and isinstance(config.get("evaluation"), dict):
+        overrides["evaluation"] = {**config["evaluation"], **overrides["evaluation"]}   # fields, not the whole
+    unknown = sorted(set(overrides) - set(inspect.signature(task_class).parameters))
+    if unknown:
+        raise ConfigError(f"{', '.join(map(repr, unknown))} is not an argument of {name} (the task {path} holds)")
+    config.update(overrides)
     from lightning.pytorch.cli import instantiate_module
 
     try:
@@ -93,9 +98,6 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str |
     task.on_load_checkpoint(checkpoint)
     state = {k: v.to(map_location) if hasattr(v, "to") else v for k, v in checkpoint["state_dict"].items()}
     task.load_state_dict(state, strict=strict)
-    used = {k: ("override" if k in (overrides or {}) else "checkpoint") for k in protocol}
-    if used:
-        log.info("%s: evaluation protocol %s", path, ", ".join(f"{k} from the {v}" for k, v in used.items()))
     return task.to(map_location)
 
 

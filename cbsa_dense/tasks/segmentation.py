@@ -27,8 +27,8 @@ from cbsa_dense.metrics.miou import SegmentationMetrics
 from cbsa_dense.models.encoders.base import Encoder
 from cbsa_dense.models.heads.seg_head_base import SegHeadFactory
 from cbsa_dense.models.segmentor import Segmentor
-from cbsa_dense.tasks.base import BaseTask, run_dir, under_cli
-from cbsa_dense.tasks.sliding_window import SlidingWindowInference
+from cbsa_dense.tasks.base import BaseTask, adopt_evaluation, run_dir, under_cli
+from cbsa_dense.tasks.eval_protocol import SegEvaluation, evaluation_from
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 class SegmentationTask(BaseTask):
     """Semantic segmentation (LightningModule).
 
-    Training: cross-entropy (ignore 255) on logits upsampled to the crop. Validation / test: each image
-    goes through ``inference`` (whole or sliding window, optional multi-scale + flip); its scores are
+    Training: cross-entropy (ignore 255) on logits upsampled to the crop. Validation / test: each image,
+    resized by the datamodule as ``evaluation`` says, goes through the protocol's inference (whole or
+    sliding window, optional multi-scale + flip); its scores are
     resized to the ORIGINAL annotation size and accumulated in a dataset-level confusion matrix; mIoU,
     aAcc and mAcc (MMSegmentation's definitions, fractions) are logged once per epoch as ``val_miou``,
     ``val_aacc``, ``val_macc`` (``test_*`` in test, plus a per-class IoU table printed and saved as
@@ -54,10 +55,11 @@ class SegmentationTask(BaseTask):
             ``UPerHead``); a config gives only the head's own options.
         num_classes: number of classes. Under the CLI it comes from the datamodule (``data.num_classes``,
             e.g. the number of ``class_names``) and cannot be set separately.
-        inference: evaluation inference; ``None`` = whole image, single scale. It travels with every
-            checkpoint (a hyper-parameter; the datamodule's ``eval_scale`` in ``checkpoint["data_info"]``):
-            ``validate``/``test``/``predict --ckpt_path`` use it unless the command line or config gives
-            one, and print which protocol they used.
+        evaluation: the evaluation protocol (:class:`~cbsa_dense.tasks.eval_protocol.SegEvaluation`: resize,
+            sliding window, scales, flip); ``None``: the datamodule's default (ADE20K's ``(2048, 512)`` resize,
+            whole image; the demo data: original size). The CLI gives it to the datamodule, which resizes
+            with it; it travels with every checkpoint (resolved) and ``validate``/``test``/``predict
+            --ckpt_path`` and :func:`cbsa_dense.load` use it unless the command line or a config sets it.
         predict_dir: output folder of ``predict``; ``None`` = ``<log dir>/predictions``.
         overlay_alpha: opacity of the class colours in the overlays.
         optimizer: default (``None``): the paper's (Segmenter's) SGD, Nesterov momentum 0.9, lr 1e-3, weight
@@ -74,9 +76,11 @@ class SegmentationTask(BaseTask):
 
     #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
     checkpoint_monitor = ("val_miou", "max")
+    #: the protocol this task evaluates with (the datamodules of the same kind declare it too)
+    evaluation_type = SegEvaluation
 
     def __init__(self, encoder: Encoder, head: SegHeadFactory, num_classes: int,
-                 inference: SlidingWindowInference | None = None,
+                 evaluation: SegEvaluation | None = None,
                  predict_dir: str | None = None, overlay_alpha: float = 0.5,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = None,
@@ -85,13 +89,13 @@ class SegmentationTask(BaseTask):
         super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights, weights_strict,
                          head_lr_scale)
         # Output settings are not hyper-parameters (a stored folder means nothing elsewhere). The evaluation
-        # ``inference`` is one: stored, it is replayed as a default that a command line or config overrides
-        # (:mod:`cbsa_dense.stored_run`). Built outside the CLI, the parts are objects, not configs.
+        # protocol is one: stored, it is replayed as a default that a command line or config overrides
+        # (:mod:`cbsa_dense.cli.stored_run`). Built outside the CLI, the parts are objects, not configs.
         ignore = ["predict_dir", "overlay_alpha"]
-        self.save_hyperparameters(ignore=ignore + ([] if under_cli() else ["encoder", "head", "inference"]))
+        self.save_hyperparameters(ignore=ignore + ([] if under_cli() else ["encoder", "head", "evaluation"]))
         self.model = Segmentor(encoder, head, num_classes)
         self.num_classes = int(num_classes)
-        self.inference = inference or SlidingWindowInference()
+        self._evaluation = evaluation_from(SegEvaluation, evaluation)
         self.predict_dir = predict_dir
         self.overlay_alpha = overlay_alpha
         self.val_metrics = SegmentationMetrics(self.num_classes)
@@ -106,21 +110,33 @@ class SegmentationTask(BaseTask):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    @property
+    def evaluation(self) -> SegEvaluation:
+        """The evaluation protocol in use (the datamodule's default until it is set or adopted at setup)."""
+        return self._evaluation if self._evaluation is not None else SegEvaluation()
+
+    @evaluation.setter
+    def evaluation(self, value: SegEvaluation | dict | None) -> None:
+        self._evaluation = evaluation_from(SegEvaluation, value)
+
+    @property
+    def inference(self):
+        """The protocol's :class:`~cbsa_dense.tasks.sliding_window.SlidingWindowInference`."""
+        return self.evaluation.inference()
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes is not None and data_classes != self.num_classes:
             raise ConfigError(f"the data has num_classes={data_classes} but the model predicts "
                               f"{self.num_classes} classes (SegmentationTask num_classes)")
+        self._evaluation = adopt_evaluation(self._evaluation, datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and "_class_path" in hparams:
-            hparams["inference"] = self.inference.config()       # the protocol in use, also when built in Python
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if hasattr(datamodule, "eval_scale"):                     # None (original size) is a setting too
-            checkpoint["data_info"]["eval_scale"] = _plain_size(datamodule.eval_scale)
+            hparams["evaluation"] = self.evaluation.to_dict()   # the protocol in use, resolved
 
     # ----------------------------------------------------------------------------------------- train
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -261,6 +277,3 @@ class SegmentationTask(BaseTask):
 def _nan_to_none(value: float) -> float | None:
     return None if value != value else float(value)
 
-
-def _plain_size(value):
-    return list(value) if value is not None else None

@@ -139,9 +139,10 @@ def test_own_checkpoint_of_another_task_class(tmp_path, caplog):
     with pytest.raises(CheckpointError, match=r"det\.ckpt holds a DetectionTask \(hyper_parameters _class_path "
                                               r"cbsa_dense\.tasks\.detection\.DetectionTask\), the config builds "
                                               r"SegmentationTask: give a SegmentationTask checkpoint, or set "
-                                              r"weights_strict: false"):
-        load_model_weights(task.model, tmp_path / "det.ckpt", task=task)
-    report = load_model_weights(task.model, tmp_path / "det.ckpt", task=task, strict=False)
+                                              r"--model.init_args.weights_strict false"):
+        task.load_weights(str(tmp_path / "det.ckpt"))
+    task.weights_strict = False
+    report = task.load_weights(str(tmp_path / "det.ckpt"))
     assert not report.unexpected and not report.mismatched
 
 
