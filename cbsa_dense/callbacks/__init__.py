@@ -7,8 +7,10 @@ from cbsa_dense.callbacks.explain import ExplainCallback
 from cbsa_dense.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 from cbsa_dense.callbacks.log_progress import LogProgress
 from cbsa_dense.callbacks.prediction_images import PredictionImages
+from cbsa_dense.callbacks.prediction_writer import PredictionWriter
 from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
 from cbsa_dense.callbacks.task_checkpoint import TaskCheckpoint
 
 __all__ = ["AttentionTransfer", "CompileEncoder", "ExactResume", "ExplainCallback", "FiniteLossCheck", "LogProgress",
-           "NonFiniteLossError", "PredictionImages", "PreemptionCheckpoint", "TaskCheckpoint"]
+           "NonFiniteLossError", "PredictionImages", "PredictionWriter",
+           "PreemptionCheckpoint", "TaskCheckpoint"]

@@ -118,8 +118,6 @@ class DetectionTask(BaseTask):
         self.results_dir = results_dir
         self.overlays = overlays
         self.overlay_score_threshold = overlay_score_threshold
-        self._overlay_targets: dict[int, tuple | None] = {}
-        self._overlay_count = 0
         self.iou_types = ("bbox", "segm") if self.model.with_masks else ("bbox",)
         self._evaluation = evaluation_from(DetEvaluation, evaluation)
         self._build_metrics()
@@ -246,13 +244,18 @@ class DetectionTask(BaseTask):
         self._update(self.test_map, batch, preds)
         self._results.extend(self.to_coco_results(preds, batch["image_id"]))
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """``{"detections": per image boxes/scores/labels (original pixels), "image_ids": ..., "results": COCO
+        results entries}``; :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter` writes them."""
         preds = self.predict_batch(batch)
-        results = self.to_coco_results(preds, batch["image_id"])
-        self._results.extend(results)
-        if self.overlays:
-            self._write_overlays(preds, batch["image_id"], dataloader_idx)
-        return results
+        return {"detections": preds, "image_ids": [int(i) for i in batch["image_id"]],
+                "results": self.to_coco_results(preds, batch["image_id"])}
+
+    def configure_callbacks(self) -> list:
+        """``predict`` writes its files through :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter`."""
+        from cbsa_dense.callbacks.prediction_writer import PredictionWriter
+
+        return [PredictionWriter()]
 
     # ------------------------------------------------------------------------------------ epoch ends
     def _log_map(self, metric: COCOMeanAveragePrecision, prefix: str) -> dict:
@@ -275,11 +278,6 @@ class DetectionTask(BaseTask):
     def on_test_epoch_start(self) -> None:
         self._results = []
 
-    def on_predict_epoch_start(self) -> None:
-        self._results = []
-        self._overlay_targets = {}
-        self._overlay_count = 0
-
     def on_test_epoch_end(self) -> None:
         result = self._log_map(self.test_map, "test")
         for iou_type in self.iou_types:
@@ -295,14 +293,7 @@ class DetectionTask(BaseTask):
                     self.log(f"test_{'segm_' if iou_type == 'segm' else ''}map_{name}", ap)
             ar_name = f"AR{self.max_detection_thresholds[-1]}"
             rank_zero_info(f"per-class {iou_type} AP\n{'class':<24} {'AP':>7} {ar_name:>7}\n" + "\n".join(rows))
-        self._write_results("test_results.json")
-
-    def on_predict_epoch_end(self) -> None:
-        self._write_results("predictions.json")
-        if self._overlay_count:
-            share = "" if self.trainer.world_size == 1 else " (this process's images; every process writes its own)"
-            rank_zero_info(f"wrote {self._overlay_count} overlays (detections scoring >= "
-                           f"{self.overlay_score_threshold:g}) to {self._results_folder() / 'overlays'}{share}")
+        self.write_results(self._results, "test_results.json")
 
     # --------------------------------------------------------------------------------------- results
     def to_coco_results(self, preds: list[dict[str, Tensor]], image_ids) -> list[dict]:
@@ -331,100 +322,38 @@ class DetectionTask(BaseTask):
             return []
         return [Path(self.results_dir) / "predictions.json"] + ([Path(self.results_dir) / "overlays"] if self.overlays else [])
 
-    def _gather_results(self) -> list[dict] | None:
-        """Every rank's results merged by :func:`merge_results` on rank 0 (``None`` on the other ranks).
-
-        Collective under DDP: every rank must call it (the epoch-end hooks do, on every rank).
-        """
-        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            shares = [None] * dist.get_world_size() if self.trainer.is_global_zero else None
-            dist.gather_object(self._results, shares, dst=0)
-        else:
-            if self.trainer.world_size > 1:
-                rank_zero_warn("results json holds rank 0's share of the images only (no torch.distributed "
-                               "process group to gather the other ranks' results)")
-            shares = [self._results]
-        return merge_results(shares) if self.trainer.is_global_zero else None
-
-    def _write_results(self, name: str) -> None:
-        """Write the results of all ranks, each image once, to ``results_dir / name`` (rank 0 only)."""
-        if self._trainer is None:
-            return
-        results = self._gather_results()
-        if results is None:
-            return
-        folder = Path(self.results_dir) if self.results_dir else run_dir(self.trainer)   # no collective call
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        path.write_text(json.dumps(results))
-        rank_zero_info(f"wrote {len(results)} detections to {path}")
-
-    # -------------------------------------------------------------------------------------- overlays
-    def _results_folder(self) -> Path:
+    def results_folder(self) -> Path:
         """``results_dir``, else the run directory (no collective call: every rank may ask)."""
         return Path(self.results_dir) if self.results_dir else run_dir(self.trainer)
 
-    def _overlay_dataset(self, dataloader_idx: int):
-        """The COCO-format dataset of the predict loader ``dataloader_idx`` (it knows each image id's file),
-        or ``None`` (with a warning) for other datasets."""
-        loaders = self.trainer.predict_dataloaders
-        loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
-        dataset = getattr(loader, "dataset", None)
-        if not (hasattr(dataset, "coco") and hasattr(dataset, "image_dir")):
-            rank_zero_warn(f"no prediction overlays: the predict data ({type(dataset).__name__}) is not a COCO-format "
-                           "dataset that names each image's file; set model overlays: false to silence this")
-            return None
-        return dataset
-
-    def _overlay_targets_of(self, dataloader_idx: int) -> tuple | None:
-        """The loader's dataset and its image id -> overlay path under ``<results folder>/overlays`` (computed
-        once per predict epoch, the same on every rank): the json's ``file_name`` with a ``.png`` suffix
-        (its stem alone when it leaves the image folder); names that two images would share get ``_<id>``."""
-        if dataloader_idx not in self._overlay_targets:
-            dataset = self._overlay_dataset(dataloader_idx)
-            targets = None
-            if dataset is not None:
-                wanted = {}
-                for image_id, info in dataset.coco.imgs.items():
-                    name = Path(str(info["file_name"]))
-                    inside = not name.is_absolute() and ".." not in name.parts
-                    wanted[int(image_id)] = name.with_suffix(".png") if inside else Path(name.stem + ".png")
-                counts = defaultdict(int)
-                for name in wanted.values():
-                    counts[name] += 1
-                root = self._results_folder() / "overlays"
-                targets = dataset, {
-                    image_id: root / (name if counts[name] == 1 else name.with_name(f"{name.stem}_{image_id}.png"))
-                    for image_id, name in wanted.items()}
-            self._overlay_targets[dataloader_idx] = targets
-        return self._overlay_targets[dataloader_idx]
-
-    def _write_overlays(self, preds: list[dict[str, Tensor]], image_ids, dataloader_idx: int) -> None:
-        """Draw each image's detections scoring ``>= overlay_score_threshold`` on its original file and write
-        them (each rank its own images; written to a temporary name and renamed, so that two ranks given the
-        same padded image never leave a half-written file)."""
-        import os
-
-        from PIL import Image
-
-        from cbsa_dense.data.seg_labels import read_image
-        from cbsa_dense.interpret.det_overlay import draw_detections
-
-        targets = self._overlay_targets_of(dataloader_idx)
-        if targets is None:
+    def write_results(self, results: list[dict], name: str) -> None:
+        """Write the COCO results of all ranks, each image once, to ``results_folder() / name`` (rank 0;
+        collective under DDP: every rank calls it)."""
+        if self._trainer is None:
             return
-        dataset, paths = targets
-        for pred, image_id in zip(preds, image_ids):
-            image_id = int(image_id)
-            image = read_image(dataset.image_dir / dataset.coco.imgs[image_id]["file_name"])
-            picture = draw_detections(image, pred["boxes"], pred["scores"], pred["labels"], self.class_names,
-                                      self.overlay_score_threshold)
-            path = paths[image_id]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{self.global_rank}.tmp")
-            Image.fromarray(picture).save(partial, format="PNG")
-            os.replace(partial, path)
-            self._overlay_count += 1
+        merged = gather_results(self.trainer, results)
+        if merged is None:
+            return
+        folder = self.results_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        path.write_text(json.dumps(merged))
+        rank_zero_info(f"wrote {len(merged)} detections to {path}")
+
+def gather_results(trainer, results: list[dict]) -> list[dict] | None:
+    """Every rank's ``results`` merged by :func:`merge_results` on rank 0 (``None`` on the other ranks).
+
+    Collective under DDP: every rank must call it (the epoch-end hooks do, on every rank).
+    """
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        shares = [None] * dist.get_world_size() if trainer.is_global_zero else None
+        dist.gather_object(results, shares, dst=0)
+    else:
+        if trainer.world_size > 1:
+            rank_zero_warn("results json holds rank 0's share of the images only (no torch.distributed "
+                           "process group to gather the other ranks' results)")
+        shares = [results]
+    return merge_results(shares) if trainer.is_global_zero else None
 
 
 def merge_results(shares: list[list[dict]]) -> list[dict]:

@@ -6,22 +6,13 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image
 
 from cbsa_dense.data.loaders import PADDING_KEY, distributed_world
-from cbsa_dense.data.seg_labels import (
-    IGNORE_INDEX,
-    default_palette,
-    overlay,
-    read_image,
-    to_annotation,
-    write_label_png,
-)
+from cbsa_dense.data.seg_labels import IGNORE_INDEX
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.metrics.miou import SegmentationMetrics
 from cbsa_dense.models.encoders.base import Encoder
@@ -250,28 +241,17 @@ class SegmentationTask(BaseTask):
             return Path(self.predict_dir)
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions"
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[str]:
-        out_dir = self.output_dir()
-        palette = self._datamodule_attr("palette", default_palette(self.num_classes))
-        mask_palette = self._datamodule_attr("mask_palette")
-        reduce_zero = bool(self._datamodule_attr("reduce_zero_label", False))
-        written = []
-        for scores, path in zip(self.predict_scores(batch), batch["path"]):
-            pred = scores.argmax(dim=0).cpu().numpy()
-            stem = Path(path).stem
-            label_path = out_dir / "labels" / f"{stem}.png"
-            if mask_palette is not None:
-                label_path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.asarray(mask_palette, dtype=np.uint8)[pred]).save(label_path)
-            else:
-                values = to_annotation(pred, reduce_zero)
-                png_palette = np.concatenate([np.zeros((1, 3), np.uint8), palette]) if reduce_zero else palette
-                write_label_png(label_path, values, png_palette)
-            overlay_path = out_dir / "overlays" / f"{stem}.png"
-            overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(overlay(read_image(path), pred, palette, self.overlay_alpha)).save(overlay_path)
-            written.append(str(label_path))
-        return written
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """Per image ``{"path": its file, "labels": (H, W) class indices at its original size}``;
+        :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter` writes them."""
+        return [{"path": path, "labels": scores.argmax(dim=0).cpu().numpy()}
+                for scores, path in zip(self.predict_scores(batch), batch["path"])]
+
+    def configure_callbacks(self) -> list:
+        """``predict`` writes its files through :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter`."""
+        from cbsa_dense.callbacks.prediction_writer import PredictionWriter
+
+        return [PredictionWriter()]
 
 
 def _nan_to_none(value: float) -> float | None:
