@@ -11,6 +11,7 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from cbsa_dense.cli.lightning_cli import CBSADenseCLI, read_nested_null_as_yaml
+from cbsa_dense.errors import UserError
 from tests.conftest import CONFIG_DIR
 
 
@@ -108,3 +109,51 @@ def test_the_fix_is_in_jsonargparse_value_handling_not_per_argument():
     middle = cfg.outer.init_args.middle.init_args
     assert middle.count is None and middle.inner.init_args.path is None
     assert middle.inner.init_args.sizes == [4, None]
+
+
+def _lookalike(value, serialize, instantiate_classes, sub_add_kwargs, prev_val=None, partial_skip_args=None,
+               typehint=None):
+    """Same name and signature as jsonargparse 4.53's, but not its code."""
+    return value
+
+
+_lookalike.__module__, _lookalike.__qualname__ = "jsonargparse._typehints", "adapt_class_type"
+
+
+def _other_order(serialize, value):
+    return value
+
+
+_other_order.__module__, _other_order.__qualname__ = "jsonargparse._typehints", "adapt_class_type"
+
+
+@pytest.mark.parametrize(("stand_in", "reason"), [
+    (_lookalike, "no longer hands a nested value on"),      # a release that changed the function's body
+    (_other_order, "takes (serialize, value)"),              # ... its signature
+    (lambda value, *args: value, "is tests.test_cli_null.<lambda>"),   # another function altogether
+    (None, "has no adapt_class_type"),                       # ... or removed it
+])
+def test_a_different_jsonargparse_function_is_refused(monkeypatch, stand_in, reason):
+    """The patch wraps only the function it was written for; any other is refused, in one line that names the
+    installed jsonargparse version, and is left as it is."""
+    import jsonargparse
+    from jsonargparse import _typehints
+
+    monkeypatch.setattr(_typehints, "adapt_class_type", stand_in, raising=False)
+    with pytest.raises(UserError) as refused:
+        read_nested_null_as_yaml()
+    message = str(refused.value)
+    assert f"jsonargparse {jsonargparse.__version__} is not supported" in message and reason in message, message
+    assert "\n" not in message
+    assert _typehints.adapt_class_type is stand_in
+
+
+def test_the_refusal_is_one_line_of_the_command(monkeypatch, capsys):
+    from jsonargparse import _typehints
+
+    from cbsa_dense.cli import main
+
+    monkeypatch.setattr(_typehints, "adapt_class_type", _lookalike)
+    assert main(["fit", "--config", SEG, "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cbsa-dense fit: error: jsonargparse ") and "is not supported" in err[-1], err

@@ -12,6 +12,8 @@ Modules:
 - :mod:`~cbsa_dense.cli.checks`: output locations checked before any work.
 - :mod:`cbsa_dense.cli.commands`: the plain subcommands (``score``, ``info``, ``benchmark``, ...), one module
   each with ``main(argv) -> int``.
+- :mod:`~cbsa_dense.cli.private_api`: the one list of private Lightning / jsonargparse (and other) names the
+  package uses, each with its reason.
 
 Nothing below this package imports it (the library does not depend on its command line). Importing this
 package is cheap: Lightning is imported only when a training subcommand runs or a Lightning-side name below

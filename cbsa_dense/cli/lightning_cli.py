@@ -331,12 +331,12 @@ def read_nested_null_as_yaml() -> None:
     (idempotent) so that a value holding None is handed on as its YAML text (``null``, ``[1, null]``); every
     other value is handed on exactly as before.
 
-    It wraps a private jsonargparse function, so it first checks that the function is the one it was written for
-    (:func:`_not_the_patched_function`: its name and module, its first parameter ``value``, ``NestedArg``'s
-    fields, and the line that hands the value on as text); a jsonargparse release where any of that differs is
-    refused with one line naming the installed version (a :class:`~cbsa_dense.errors.UserError`: the
-    environment), instead of being patched blindly or left silently unpatched. ``tests/test_cli_null.py`` then
-    says whether that release still needs the patch.
+    It wraps a private jsonargparse function (:mod:`cbsa_dense.cli.private_api`), so it first checks that the
+    function is the one it was written for (:func:`_not_the_patched_function`: its name and module, its first
+    parameter ``value``, ``NestedArg``'s fields, and the line that hands the value on as text); a jsonargparse
+    release where any of that differs is refused with one line naming the installed version (a
+    :class:`~cbsa_dense.errors.UserError`: the environment), instead of being patched blindly or left silently
+    unpatched. ``tests/test_cli_null.py`` then says whether that release still needs the patch.
     """
     import jsonargparse
     from jsonargparse import _typehints

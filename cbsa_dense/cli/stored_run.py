@@ -25,21 +25,8 @@ Checkpoints of earlier versions load: their layouts and the protocol settings th
 (``data_info``, ``eval_protocol``) are mapped once, by :func:`~cbsa_dense.tasks.checkpoint_format.task_hparams`,
 which the Python loaders (:mod:`cbsa_dense.tasks.loading`, :func:`cbsa_dense.load`) use too.
 
-Public ways used instead of private names: LightningCLI's replay (``_parse_ckpt_path``) is no longer
-overridden (the path is held back from it, see above); parse errors come back to the CLI through the
-parsers' ``exit_on_error`` argument (``parser_kwargs``), not by setting it on ``_subcommand_parsers``;
-YAML is read with jsonargparse's ``get_loader("yaml")`` (:func:`cbsa_dense.cli.config_files.parse_yaml`); the
-evaluation folder is the loggers' ``version`` argument, set in the config before they are built, not their
-``_version`` (:func:`cbsa_dense.cli.eval_runs.set_eval_logger_versions`).
-Private names of other libraries that stay, with the reason:
-
-* ``lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters``
-  (:func:`cbsa_dense.tasks.base.under_cli`): a task stores its encoder and head configs as
-  hyper-parameters only when LightningCLI instantiates it (the config dicts); built outside it, they are
-  modules, which a checkpoint cannot hold and which ``save_hyperparameters`` would deep-copy. That context
-  variable is the only signal of which case applies before ``save_hyperparameters`` runs.
-* a LightningModule's ``_trainer`` (tasks): the public ``trainer`` property raises when the module is not
-  attached to a trainer (a task loaded by :func:`cbsa_dense.load`, a unit test).
+The private names of Lightning this relies on, and the ones it no longer needs, are listed with their reasons
+in :mod:`cbsa_dense.cli.private_api`.
 """
 
 from __future__ import annotations

@@ -4,10 +4,8 @@ Task subclasses (segmentation, detection) build their ``nn.Module`` model, then 
 optimizer and scheduler are injected as callables (LightningCLI ``class_path`` + ``init_args``); the
 task only decides which parameters go into which group.
 
-Private Lightning names used here, each without a public way: ``_given_hyperparameters`` (:func:`under_cli`:
-the only signal, before ``save_hyperparameters`` runs, that the encoder and head arguments are LightningCLI
-configs that a checkpoint can hold rather than built modules), and a module's ``_trainer`` (the public
-``trainer`` property raises when the task is not attached to a trainer, e.g. loaded for prediction).
+Private Lightning names used here (``_given_hyperparameters`` in :func:`under_cli`, a module's ``_trainer``):
+listed with their reasons in :mod:`cbsa_dense.cli.private_api`.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ import re
 
 import pytest
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import RichProgressBar
 
 from cbsa_dense.callbacks import LogProgress
 from cbsa_dense.cli import main
-from cbsa_dense.cli.lightning_cli import _wants_log_progress
+from cbsa_dense.cli.lightning_cli import CBSADenseCLI, _wants_log_progress
 from tests.conftest import CONFIG_DIR
 
 
@@ -53,11 +54,52 @@ class _Terminal(io.StringIO):
 
 def test_the_cli_picks_log_progress_only_for_a_file_with_the_bar_on_and_no_bar_configured():
     file, terminal = io.StringIO(), _Terminal()
-    assert _wants_log_progress({"callbacks": []}, [], file)
-    assert _wants_log_progress({"enable_progress_bar": None, "callbacks": None}, [], file)
-    assert not _wants_log_progress({"callbacks": []}, [], terminal)                     # Lightning's bar
-    assert not _wants_log_progress({"enable_progress_bar": False}, [], file)            # no bar at all
-    assert not _wants_log_progress({"callbacks": [RichProgressBar()]}, [], file)        # the config's choice
-    assert not _wants_log_progress({"callbacks": LogProgress()}, [], file)
+    assert _wants_log_progress({"callbacks": []}, file)
+    assert _wants_log_progress({"enable_progress_bar": None, "callbacks": None}, file)
+    assert not _wants_log_progress({"callbacks": []}, terminal)                     # Lightning's bar
+    assert not _wants_log_progress({"enable_progress_bar": False}, file)            # no bar at all
+    assert not _wants_log_progress({"callbacks": [RichProgressBar()]}, file)        # the config's choice
+    assert not _wants_log_progress({"callbacks": LogProgress()}, file)
+    # as parsed (before anything is built): class_path namespaces
+    rich = Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace())
+    monitor = Namespace(class_path="lightning.pytorch.callbacks.LearningRateMonitor", init_args=Namespace())
+    assert not _wants_log_progress(Namespace(callbacks=[monitor, rich]), file)
+    assert _wants_log_progress(Namespace(callbacks=[monitor], enable_progress_bar=True), file)
+    assert not _wants_log_progress({"callbacks": None}, file, defaults=[RichProgressBar()])   # trainer_defaults
     with pytest.raises(ValueError, match="every_n_steps=0"):
         LogProgress(every_n_steps=0)
+
+
+class _Built(Exception):
+    """Carries the built trainer and the parsed config out of the CLI before anything runs."""
+
+
+class _BuildOnly(CBSADenseCLI):
+    def after_instantiate_classes(self) -> None:
+        raise _Built(self.trainer, self.config)
+
+
+def _build(tmp_path, *args):
+    argv = ["fit", "--config", str(CONFIG_DIR / "demo_seg.yaml"), "--data.init_args.root", str(tmp_path / "ade"),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *args]
+    with pytest.raises(_Built) as built:
+        _BuildOnly(args=argv)
+    return built.value.args
+
+
+def test_log_progress_joins_the_parsed_trainer_config_and_leaves_the_saved_config_as_given(tmp_path):
+    """Added in before_instantiate_classes (stdout is pytest's capture: not a terminal), built with the other
+    callbacks, and taken out of the parsed config again: the run's config.yaml does not depend on stdout."""
+    trainer, config = _build(tmp_path)
+    assert sum(isinstance(c, LogProgress) for c in trainer.callbacks) == 1
+    assert trainer.progress_bar_callback is not None and isinstance(trainer.progress_bar_callback, LogProgress)
+    saved = config["fit"]["trainer"].get("callbacks") or []
+    assert not any("LogProgress" in str(getattr(c, "class_path", "")) for c in saved), saved
+
+
+def test_no_log_progress_when_the_config_names_a_bar_or_turns_it_off(tmp_path):
+    trainer, _ = _build(tmp_path, "--trainer.callbacks+", "RichProgressBar")
+    assert not any(isinstance(c, LogProgress) for c in trainer.callbacks)
+    assert isinstance(trainer.progress_bar_callback, RichProgressBar)
+    trainer, _ = _build(tmp_path, "--trainer.enable_progress_bar", "false")
+    assert trainer.progress_bar_callback is None

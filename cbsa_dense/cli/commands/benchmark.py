@@ -137,10 +137,12 @@ def parse_train_config(config: str, overrides: Sequence[str] = ()):
     composed from its ``_base_`` files; ``overrides``: further command-line arguments (``--data.init_args.x 2``)."""
     from cbsa_dense.cli.config_files import compose_config_args, config_error_context
     from cbsa_dense.cli.lightning_cli import CBSADenseCLI
+    from cbsa_dense.cli.stored_run import prepare_args
 
     args = compose_config_args(["--config", str(config), *overrides])     # shipped names, _base_ files
-    with config_error_context(args):
-        cli = CBSADenseCLI(run=False, args=args)
+    with config_error_context(args):            # a parse error names the config file that set the key
+        parsed, stored = prepare_args(args)
+        cli = CBSADenseCLI(run=False, args=parsed, stored_run=stored)     # composed already: not again
     return cli.model, cli.datamodule, cli.config.get("trainer", {}) or {}
 
 
