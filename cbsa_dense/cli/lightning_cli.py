@@ -127,7 +127,9 @@ class CBSADenseCLI(LightningCLI):
             routed = re.search(r"does not accept option '((optimizer|lr_scheduler)[.'a-z_]*)", str(error))
             if routed:                                   # a top-level optimizer: / lr_scheduler: in a config file
                 raise ConfigError(_routed_option_message(routed.group(2), in_config=True)) from error
-            raise ConfigError(condense_parse_error(str(error))) from error
+            from cbsa_dense.tasks.eval_protocol import moved_setting_hint
+
+            raise ConfigError(condense_parse_error(str(error)) + moved_setting_hint(str(error))) from error
         subcommand = self.config.get("subcommand")
         if subcommand and self.config.get(subcommand) is not None:
             from cbsa_dense.tasks.checkpoint_format import check_weights_path

@@ -60,7 +60,7 @@ class DetectionTransform:
         native: no resize to ``image_size``: training scales the original image by ``U(scale_range)`` and crops
             ``image_size`` from it (objects keep their pixel size, give or take the jitter: the data's
             ``train_mode: native``); evaluation keeps the original size, without square padding, ``scale``
-            (1, 1) (the data's ``eval_mode`` ``native`` and ``tiled``).
+            (1, 1) (evaluation ``mode`` ``native`` and ``tiled``).
         native_scale: with ``native``, the images are first scaled by this (2.0: objects twice their pixel size
             in the photo, for objects only a few patches wide); ``scale`` then reports it.
 

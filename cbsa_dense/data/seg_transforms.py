@@ -170,7 +170,7 @@ class SegEvalTransform:
     def __init__(self, scale: tuple[int, int] | None = (2048, 512),
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD) -> None:
-        self.scale = (_size_pair("eval_scale", scale, "long, short side of the evaluation resize; or null")
+        self.scale = (_size_pair("evaluation scale", scale, "long, short side of the evaluation resize; or null")
                       if scale is not None else None)
         check_normalization(mean, std)
         self.normalize = A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0)])

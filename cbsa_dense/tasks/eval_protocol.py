@@ -29,7 +29,7 @@ from typing import Any
 from cbsa_dense.errors import ConfigError
 
 __all__ = ["SegEvaluation", "DetEvaluation", "Evaluation", "eval_transform", "check_against_training",
-           "legacy_evaluation", "evaluation_from", "replace_fields"]
+           "legacy_evaluation", "evaluation_from", "replace_fields", "moved_setting_hint"]
 
 #: Detection ``mode``\s.
 DET_MODES = ("resize", "native", "tiled")
@@ -50,6 +50,29 @@ def _pair(name: str, value, what: str) -> tuple[int, int] | None:
 
 def _shown(value) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _scales(value) -> tuple[float, ...]:
+    """Positive finite resize ratios, or a ConfigError naming ``scales`` and the value."""
+    try:
+        scales = None if isinstance(value, (str, bytes)) else tuple(float(s) for s in value)
+    except (TypeError, ValueError):
+        scales = None
+    if not scales or not all(0 < s < float("inf") for s in scales):
+        raise ConfigError(f"model evaluation scales={_shown(value)!r} is invalid: give positive resize ratios, "
+                          "e.g. [1.0] or [0.75, 1.0, 1.25]")
+    return scales
+
+
+def _flag(name: str, value) -> bool:
+    """``value`` as a bool (true/false, or 1/0), or a ConfigError naming the setting and the value."""
+    try:
+        ok = not isinstance(value, (str, bytes)) and value in (True, False)
+    except (TypeError, ValueError):       # e.g. an array: no single truth value
+        ok = False
+    if not ok:
+        raise ConfigError(f"model evaluation {name}={value!r} is invalid: give true or false")
+    return bool(value)
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,8 @@ class SegEvaluation:
                                                         "original size"))
         set_(self, "window", _pair("window", self.window, "(height, width) >= 1, or null for the whole image"))
         set_(self, "stride", _pair("stride", self.stride, "(height, width) >= 1, or null for 2/3 of the window"))
-        set_(self, "scales", tuple(float(s) for s in self.scales))
-        set_(self, "flip", bool(self.flip))
+        set_(self, "scales", _scales(self.scales))
+        set_(self, "flip", _flag("flip", self.flip))
         self.inference()                                   # checks window, stride, scales and window_batch
 
     def inference(self):
@@ -146,7 +169,7 @@ class DetEvaluation:
         if self.native_scale is not None:
             object.__setattr__(self, "native_scale", float(self.native_scale))
         object.__setattr__(self, "max_detection_thresholds", tuple(check_max_dets(
-            list(self.max_detection_thresholds), "model evaluation max_detection_thresholds")))
+            _shown(self.max_detection_thresholds), "model evaluation max_detection_thresholds")))
         if self.image_size is not None:
             self.overlap()                                   # checks tile_overlap against the tile
 
@@ -300,3 +323,23 @@ def legacy_evaluation(hparams: Mapping[str, Any], checkpoint: Mapping[str, Any],
     if limits is not None:
         fields["max_detection_thresholds"] = limits
     return fields
+
+
+#: Settings of earlier releases that the protocol now holds: old name -> where it went.
+MOVED_SETTINGS = {"eval_scale": "model.init_args.evaluation.scale (segmentation)",
+                  "eval_mode": "model.init_args.evaluation.mode (detection)",
+                  "tile_overlap": "model.init_args.evaluation.tile_overlap (detection)",
+                  "inference": "model.init_args.evaluation: window, stride, scales, flip (segmentation)",
+                  "max_detection_thresholds": "model.init_args.evaluation.max_detection_thresholds (detection)"}
+
+
+def moved_setting_hint(message: str) -> str:
+    """For a parse error about a setting of an earlier release that moved into the task's ``evaluation``
+    (``Option 'eval_scale' is not accepted``), ``" (... moved to ...)"``; else ``""``."""
+    import re
+
+    found = re.search(r"Option '([a-z_]+)[.']", message)
+    if found is None or found.group(1) not in MOVED_SETTINGS:
+        return ""
+    return (f" ({found.group(1)} moved: the evaluation protocol is the task's, set "
+            f"{MOVED_SETTINGS[found.group(1)]}; see configs/seg_custom.yaml / det_custom.yaml)")
