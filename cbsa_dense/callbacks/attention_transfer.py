@@ -65,9 +65,12 @@ class AttentionTransfer(Callback):
         self.done = bool(state_dict.get("done", False))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.done or trainer.ckpt_path is not None:
+        if trainer.ckpt_path is not None:
             rank_zero_info("attention transfer: skipped (the run resumes from a checkpoint)")
             self.done = True
+            return
+        if self.done:
+            rank_zero_info("attention transfer: skipped (it has already run: its saved state says done)")
             return
         encoder = getattr(getattr(pl_module, "model", None), "encoder", None)
         if encoder is None:

@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from cbsa_dense.cli import main
 from cbsa_dense.data.demo_det import generate_demo_coco
@@ -41,15 +42,30 @@ def one_root(tmp_path):
     return root
 
 
+def local_attention_weights(path):
+    """``timm_weights``' file with zero-mean attention weights that a pretrained ViT's early block could hold: query
+    rows = key rows N(0, 0.5^2) (each token attends mostly to itself and to tokens like it), value rows N(0, 0.2^2),
+    no qkv bias. With N(0.3, 0.1) everywhere every key and value shares one large common component: softmax and
+    CBSA attention both return about that common value (relative error 8e-6 before any transfer), so the transfer
+    has nothing to learn and keeps its start."""
+    state = timm_weights(path)
+    generator = torch.Generator().manual_seed(1)
+    weight, bias = state["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.bias"]
+    weight[32:64] = 0.5 * torch.randn(32, 32, generator=generator)
+    weight[:32], bias[:] = weight[32:64], 0.0
+    weight[64:] = 0.2 * torch.randn(32, 32, generator=generator)
+    save_file(state, str(path))
+
+
 def test_finetune_det_twin_learns_from_timm_weights(tmp_path):
     root = one_root(tmp_path)
-    timm_weights(tmp_path / "dinov2_tiny.safetensors")
+    local_attention_weights(tmp_path / "dinov2_tiny.safetensors")
     runs = tmp_path / "runs"
     assert main(["fit", "--config", "finetune_det_cpu.yaml", "--data.init_args.root", str(root),
                  f"{ENC}pretrained", str(tmp_path / "dinov2_tiny.safetensors"),
                  f"{ENC}img_size", "112", f"{ENC}embed_dim", "32", f"{ENC}depth", "1", f"{ENC}num_heads", "2",
                  f"{ENC}attn_layer.init_args.grid", "[2, 2]", "--data.init_args.image_size", "112",
-                 "--data.init_args.tile_overlap", "24",
+                 "--model.init_args.evaluation.tile_overlap", "24",
                  "--model.init_args.neck.init_args.out_channels", "32",
                  "--model.init_args.head.init_args.num_convs", "1",
                  "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", str(STEPS),
@@ -63,5 +79,8 @@ def test_finetune_det_twin_learns_from_timm_weights(tmp_path):
     ap50 = float(next(r["val_map_50"] for r in reversed(rows) if r.get("val_map_50")))
     assert ap50 > 0.3, f"bbox AP50 {ap50:.3f} on the training images"
     assert list((run / "val_predictions").glob("*.png"))                 # ground truth beside predictions
-    report = json.loads((run / "attention_transfer.json").read_text())      # the transfer ran on these batches
-    assert report["transfer"]["holdout_after"] <= report["transfer"]["holdout_before"]
+    transfer = json.loads((run / "attention_transfer.json").read_text())["transfer"]   # it ran on these batches
+    # ... and matched the softmax attention better, by a margin (measured: held-out loss 0.253 -> 0.167, -34%, best
+    # at step 60 of 60; asserted: at least -17%). The kept state is the best held-out one, the start included, so
+    # "not worse" would hold whatever the transfer did.
+    assert transfer["best_step"] > 0 and transfer["holdout_after"] < 0.83 * transfer["holdout_before"], transfer

@@ -18,7 +18,7 @@ from tests.test_bad_images import make_dataset
 ENC = "--model.init_args.encoder.init_args."
 #: finetune_cpu.yaml at toy size: its arch (patch 14, LayerScale) at width 32, 1 block, 28x28 crops (2x2 patches).
 TWIN = ["fit", "--config", "finetune_cpu.yaml", "--data.init_args.crop_size", "[28, 28]",
-        "--data.init_args.scale", "[56, 28]", "--data.init_args.eval_scale", "[56, 28]",
+        "--data.init_args.scale", "[56, 28]", "--model.init_args.evaluation.scale", "[56, 28]",
         f"{ENC}img_size", "28", f"{ENC}embed_dim", "32", f"{ENC}depth", "1", f"{ENC}num_heads", "2",
         f"{ENC}attn_layer.init_args.grid", "[2, 2]", "--model.init_args.head.init_args.n_layers", "1",
         "--trainer.enable_progress_bar", "false"]
@@ -68,8 +68,12 @@ def test_finetune_twin_starts_from_timm_weights_and_trains(tmp_path):
     # the position embedding was resampled from timm's 37x37 grid to the 2x2 patch grid of 28x28 crops
     assert state["pos_embed"].shape == (1, 1 + 2 * 2, 32)
     assert 0.2 < state["pos_embed"][0, 1:].mean() < 0.4
-    fresh = {k for k in state if k not in weights}              # the config's CBSA local term starts fresh
-    assert fresh == {f"blocks.{i}.attn.local.{p}" for i in range(len(fresh) // 2) for p in ("weight", "bias")}
+    # Not in the file, so fresh: exactly the config's CBSA local term of the one block (query broadcast: no step
+    # sizes); every other tensor of the encoder came from the file (checked above).
+    fresh = {k for k in state if k not in weights}
+    assert fresh == {"blocks.0.attn.local.weight", "blocks.0.attn.local.bias"}, sorted(fresh)
+    assert set(state) == set(weights) | fresh
+    assert state["blocks.0.attn.local.weight"].shape == (32, 1, 3, 3)           # 3x3 depthwise over the values
 
 
 def test_finetune_twin_refuses_weights_of_another_width(tmp_path, capsys):
