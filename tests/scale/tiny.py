@@ -18,8 +18,8 @@ TINY_SEG = ["--config", str(ROOT / "configs" / "demo_seg.yaml"),
             "--data.init_args.scale", "[128, 48]",
             f"{_ENC}img_size", "[48, 48]", f"{_ENC}embed_dim", "32", f"{_ENC}depth", "1", f"{_ENC}num_heads", "2",
             f"{_HEAD}n_layers", "1", f"{_HEAD}num_heads", "2", f"{_HEAD}attn_layer.init_args.head_dim", "16",
-            "--model.init_args.inference.init_args.window", "[48, 48]",
-            "--model.init_args.inference.init_args.stride", "[32, 32]",
+            "--model.init_args.evaluation.window", "[48, 48]",
+            "--model.init_args.evaluation.stride", "[32, 32]",
             "--trainer.enable_progress_bar", "false"]
 
 
