@@ -42,7 +42,9 @@ that the training wrote to: the evaluation sits with the run it evaluates, one f
   instead (without them Lightning warns "Be aware that when using `ckpt_path`, callbacks used to create
   the checkpoint need to be provided during `Trainer` instantiation ...", ``lightning/pytorch/trainer/
   call.py``), also when the training run used another checkpoint callback than the evaluation config.
-  Missing states of other callbacks are still reported by Lightning.
+  The saved states of the training run's other callbacks (``ExactResume``, ``AttentionTransfer`` ...) are
+  taken the same way when the evaluation runs without them (``predict --images`` has no training config):
+  an evaluation does not resume training, so none of them is missing.
 * Under DDP every process re-runs the command; the launched processes inherit the folder name from the
   first (``CBSA_DENSE_EVAL_FOLDER``), so all ranks agree. Only rank 0 prints.
 """
@@ -133,11 +135,10 @@ class _IgnoredCheckpointState(Callback):
         return {}
 
 
-def _stored_checkpoint_states(ckpt_path, checkpoint: dict | None = None) -> list[str]:
-    """Keys of the checkpoint-callback states saved in ``ckpt_path`` (or in ``checkpoint``, when the caller
-    has read it already); a ``ModelCheckpoint`` state always holds ``best_model_path``. The keys carry the
-    training config's class and settings (``TaskCheckpoint{'monitor': 'val_miou', ...}``), which need not
-    match the evaluation config's."""
+def _stored_callback_states(ckpt_path, checkpoint: dict | None = None) -> list[str]:
+    """Keys of the callback states saved in ``ckpt_path`` (or in ``checkpoint``, when the caller has read it
+    already). The keys carry the training config's class and settings (``TaskCheckpoint{'monitor':
+    'val_miou', ...}``), which need not match the evaluation config's."""
     if checkpoint is None:
         if not ckpt_path or not Path(ckpt_path).is_file():
             return []
@@ -149,8 +150,7 @@ def _stored_checkpoint_states(ckpt_path, checkpoint: dict | None = None) -> list
         except UserError:
             return []                   # an unreadable checkpoint is reported when Lightning loads it
     states = checkpoint.get("callbacks") or {}
-    return [key for key, state in states.items()
-            if isinstance(key, str) and isinstance(state, dict) and "best_model_path" in state]
+    return [key for key in states if isinstance(key, str)]
 
 
 def _logger_class(spec) -> type | None:
@@ -223,7 +223,8 @@ def _announce(subcommand: str, directory: Path) -> None:
 def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | None,
                      checkpoint: dict | None = None) -> Path:
     """Replace the checkpoint callbacks of the trainer of ``validate``/``test``/``predict`` by inert takers of
-    their saved states, print ``<subcommand> outputs: <dir>`` (rank 0; its loggers were pointed at the
+    their saved states (and take the saved states of the training's other callbacks that the evaluation runs
+    without the same way), print ``<subcommand> outputs: <dir>`` (rank 0; its loggers were pointed at the
     evaluation folder by :func:`set_eval_logger_versions`) and return the folder. ``checkpoint``:
     ``ckpt_path`` already read by the caller.
 
@@ -231,7 +232,7 @@ def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | No
     """
     kept = [callback for callback in trainer.callbacks if not isinstance(callback, Checkpoint)]
     kept_keys = {callback.state_key for callback in kept}
-    stored = _stored_checkpoint_states(ckpt_path, checkpoint)
+    stored = _stored_callback_states(ckpt_path, checkpoint)
     trainer.callbacks[:] = kept + [_IgnoredCheckpointState(key) for key in stored
                                    if key not in kept_keys]
 
