@@ -164,8 +164,7 @@ def side_by_side(image: np.ndarray, gt_boxes, gt_labels, boxes, scores, labels,
     Returns:
         (T + f*H, 2*f*W + PANEL_GAP, 3) uint8, with f the enlargement factor and T the title strip height.
     """
-    h, w = image.shape[:2]
-    factor = max(1, math.ceil(min_side / max(h, w))) if min_side else 1
+    factor = enlarge_factor(*image.shape[:2], min_side)
     if factor > 1:
         image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     gt_boxes = _as_array(gt_boxes, np.float64, (4,)) * factor
@@ -178,15 +177,35 @@ def side_by_side(image: np.ndarray, gt_boxes, gt_labels, boxes, scores, labels,
     kept = int((scores >= score_threshold).sum())
     titles = [f"ground truth ({len(gt_boxes)} box{'es' if len(gt_boxes) != 1 else ''})",
               f"predictions >= {score_threshold:.2f} ({kept} box{'es' if kept != 1 else ''})"]
-    ph, pw = left.shape[:2]
-    size = max(14, font_size(ph, pw))
+    return titled_panels([left, right], titles)
+
+
+def title_size(height: int, width: int) -> int:
+    """Font size of panel titles (and of the segmentation pictures' legend strip): at least 14 px."""
+    return max(14, font_size(height, width))
+
+
+def enlarge_factor(height: int, width: int, min_side: int) -> int:
+    """The smallest integer factor that brings the longest side to ``min_side`` or more (1: large enough)."""
+    return max(1, math.ceil(min_side / max(height, width, 1))) if min_side else 1
+
+
+def titled_panels(panels: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
+    """Panels of one size side by side, :data:`PANEL_GAP` pixels apart, each with its title in a strip above.
+
+    Returns:
+        (T + H, n*W + (n-1)*PANEL_GAP, 3) uint8, with T the title strip height.
+    """
+    ph, pw = panels[0].shape[:2]
+    size = title_size(ph, pw)
     strip = size + 2 * max(2, size // 3)
-    out = Image.new("RGB", (2 * pw + PANEL_GAP, strip + ph), TITLE_BACKGROUND)
-    out.paste(Image.fromarray(left), (0, strip))
-    out.paste(Image.fromarray(right), (pw + PANEL_GAP, strip))
+    out = Image.new("RGB", (len(panels) * pw + (len(panels) - 1) * PANEL_GAP, strip + ph), TITLE_BACKGROUND)
+    xs = [i * (pw + PANEL_GAP) for i in range(len(panels))]
+    for x, panel in zip(xs, panels):
+        out.paste(Image.fromarray(np.ascontiguousarray(panel, dtype=np.uint8)), (x, strip))
     draw = ImageDraw.Draw(out)
     font = _font(size)
-    for x, title in zip((0, pw + PANEL_GAP), titles):
+    for x, title in zip(xs, titles):
         _, top, _, bottom = draw.textbbox((0, 0), title, font=font)
         draw.text((x + max(2, size // 3), (strip - (bottom - top)) // 2 - top), title, font=font, fill=(255, 255, 255))
     return np.asarray(out)
