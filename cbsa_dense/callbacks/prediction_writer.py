@@ -3,7 +3,10 @@ returns (the tasks compute; this writes). The tasks add it themselves (``configu
 
 * Segmentation (``predict_step`` -> per image ``{"path", "labels"}``): ``<predict_dir>/labels/<stem>.png``, the
   labels in the dataset's annotation convention (``k + 1`` for ``reduce_zero_label`` data; the mask colours
-  for colour-mask data), and ``<predict_dir>/overlays/<stem>.png``, the class colours over the image.
+  for colour-mask data), and ``<predict_dir>/overlays/<stem>.png``: the image at its own size with the class
+  colours (opacity ``overlay_alpha``) over the pixels of every class not named like a background
+  (:func:`~cbsa_dense.interpret.seg_overlay.draw_segmentation`; e.g. ``background``, ``other``: left as the
+  photo) and a legend of the classes painted, by name, in the top-left corner.
 * Detection (``predict_step`` -> ``{"detections", "image_ids", "results"}``): ``<results_dir>/overlays/<file>.png``
   per image (detections scoring at least the task's ``overlay_score_threshold``; ``overlays: false`` turns
   them off) and, at the end, ``<results_dir>/predictions.json`` (COCO results of all ranks, each image once).
@@ -23,7 +26,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
-from cbsa_dense.data.seg_labels import default_palette, overlay, read_image, to_annotation, write_label_png
+from cbsa_dense.data.seg_labels import default_palette, read_image, to_annotation, write_label_png
+from cbsa_dense.interpret.seg_overlay import draw_segmentation
 
 __all__ = ["PredictionWriter"]
 
@@ -38,6 +42,14 @@ def _save_png(picture: np.ndarray, path: Path, rank: int) -> None:
 def _datamodule_attr(trainer, name: str, default=None):
     value = getattr(getattr(trainer, "datamodule", None), name, None)
     return default if value is None else value
+
+
+def class_names(trainer, task) -> list[str]:
+    """The names of the task's classes: the datamodule's ``class_names``, else the checkpoint's
+    (``task.data_info["class_names"]``), else ``class_0``, ``class_1``, ..."""
+    names = _datamodule_attr(trainer, "class_names") or (getattr(task, "data_info", None) or {}).get("class_names")
+    count = int(getattr(task, "num_classes", 0) or 0)
+    return [str(n) for n in names] if names else [f"class_{i}" for i in range(count)]
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -78,6 +90,7 @@ class PredictionWriter(BasePredictionWriter):
         palette = np.asarray(_datamodule_attr(trainer, "palette", default_palette(task.num_classes)), dtype=np.uint8)
         mask_palette = _datamodule_attr(trainer, "mask_palette")
         reduce_zero = bool(_datamodule_attr(trainer, "reduce_zero_label", False))
+        names = class_names(trainer, task)
         for item in prediction:
             pred, stem = item["labels"], Path(item["path"]).stem
             label_path = out_dir / "labels" / f"{stem}.png"
@@ -88,7 +101,7 @@ class PredictionWriter(BasePredictionWriter):
                 values = to_annotation(pred, reduce_zero)
                 png_palette = np.concatenate([np.zeros((1, 3), np.uint8), palette]) if reduce_zero else palette
                 write_label_png(label_path, values, png_palette)
-            picture = overlay(read_image(item["path"]), pred, palette, task.overlay_alpha)
+            picture = draw_segmentation(read_image(item["path"]), pred, names, palette, alpha=task.overlay_alpha)
             _save_png(picture, out_dir / "overlays" / f"{stem}.png", trainer.global_rank)
             self._pictures += 1
 
