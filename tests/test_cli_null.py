@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 from jsonargparse import ArgumentParser
 
-from cbsa_dense.cli.lightning_cli import CBSADenseCLI, read_nested_null_as_yaml
+from cbsa_dense.cli.lightning_cli import CBSADenseCLI
+from cbsa_dense.cli.null_patch import read_nested_null_as_yaml
 from cbsa_dense.errors import UserError
 from tests.conftest import CONFIG_DIR
 

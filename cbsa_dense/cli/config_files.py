@@ -14,18 +14,15 @@ included, replaces. ``_base_`` itself never reaches the parser.
 
 **Handing it to jsonargparse.** :func:`compose_config_args` rewrites a command line: a config without
 ``_base_`` is passed as its path (jsonargparse's own messages then name the file), a composed one as the
-merged YAML text (jsonargparse's ``--config`` takes a YAML string). :func:`config_error_context` puts the
-user's file back into a parse error: it names the config file (and the ``_base_`` file) that set the
-offending key.
+merged YAML text (jsonargparse's ``--config`` takes a YAML string);
+:func:`cbsa_dense.cli.config_blame.config_error_context` puts the user's file back into a parse error.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -34,8 +31,8 @@ from cbsa_dense.errors import ConfigError
 
 __all__ = ["CONFIG_DIR", "BASE_KEY", "shipped_configs", "shipped_config", "resolve_config", "read_config_file",
            "load_config", "merge_configs", "composed_config_arg", "compose_config_args", "config_values",
-           "config_error_context", "dump_config", "parse_yaml", "config_bases", "resolve_base",
-           "unknown_config_message", "is_inline_yaml", "config_mapping"]
+           "dump_config", "parse_yaml", "config_bases", "resolve_base",
+           "unknown_config_message", "is_inline_yaml", "config_source", "config_chain"]
 
 
 def _config_dir() -> Path:
@@ -272,17 +269,6 @@ def load_config(value: str | Path) -> dict:
     return _merged(_chain(resolve_config(value)))
 
 
-def config_mapping(value: str) -> dict:
-    """The composed mapping of a ``--config`` value: a file, a shipped name, or YAML text."""
-    if is_inline_yaml(value):
-        try:
-            loaded = parse_yaml(value)
-        except yaml.YAMLError:
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
-    return load_config(value)
-
-
 # --------------------------------------------------------------------------------------------- command lines
 #: Composed YAML text handed to jsonargparse -> the user's config file it was made from.
 _COMPOSED: dict[str, Path] = {}
@@ -354,62 +340,8 @@ def compose_config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------------------------- parse errors
-def _offending_key(message: str) -> list[str]:
-    """The dotted key a (condensed) jsonargparse message is about, as parts; [] when none is named."""
-    key: list[str] = []
-    lead = re.match(r"--([\w.\-+]+)", message)
-    if lead:
-        key = lead.group(1).rstrip("+").split(".")
-    extra = (re.search(r"Option '([^']+)' is not accepted", message)
-             or re.search(r"Group '([^']+)' does not accept option '([^']+)'", message))
-    if extra:
-        parts = [p for group in extra.groups() for p in group.split(".")]
-        key = parts if not key else key + parts
-    return key
-
-
-def _find(mapping: object, parts: list[str]) -> bool:
-    """Whether ``parts`` is set in ``mapping`` (``init_args`` steps may be written or left out)."""
-    if not parts:
-        return True
-    if not isinstance(mapping, dict):
-        return False
-    head, rest = parts[0], parts[1:]
-    if head in mapping:
-        return _find(mapping[head], rest)
-    if head == "init_args":
-        return _find(mapping, rest)
-    return isinstance(mapping.get("init_args"), dict) and _find(mapping["init_args"], parts)
-
-
-def _given_value(message: str) -> str | None:
-    """The offending value a (condensed) jsonargparse message quotes, if any."""
-    found = re.search(r"got '([^']*)'", message) or re.search(r"Got value: (.*?)(?:; see --help.*)?$", message)
-    return found.group(1).strip() if found else None
-
-
-def _set_on_command_line(parts: list[str], argv: Sequence[str], given: str | None = None) -> bool:
-    """Whether the command line sets ``parts`` (or a section that holds it) with ``--a.b.c``. When the message
-    quotes the offending value (``given``) and the command line sets exactly that key to another value, the
-    value came from a config (jsonargparse checks a config's values as it reads the config)."""
-    bare = [p for p in parts if p != "init_args"]
-    for index, arg in enumerate(argv):
-        if not arg.startswith("--") or arg.startswith(("--config", "--print_config")):
-            continue
-        name, sep, value = arg[2:].partition("=")
-        flag = [p for p in name.rstrip("+").split(".") if p != "init_args"]
-        if not flag or flag != bare[:len(flag)]:
-            continue
-        if not sep:
-            value = argv[index + 1] if index + 1 < len(argv) else ""
-        if given is not None and flag == bare and value != given:
-            continue
-        return True
-    return False
-
-
-def _config_source(value: str) -> Path | None:
+def config_source(value: str) -> Path | None:
+    """The user's config file behind a ``--config`` value (composed YAML text included); None for inline YAML."""
     if value in _COMPOSED:
         return _COMPOSED[value]
     if is_inline_yaml(value) and not _is_file(value):
@@ -420,47 +352,6 @@ def _config_source(value: str) -> Path | None:
         return None
 
 
-def name_config_in_message(message: str, configs: Sequence[str | Path], argv: Sequence[str] = ()) -> str:
-    """``message`` (a parse error) prefixed with the config that set the offending key: ``config F: ...``, or
-    ``config F (from its _base_ B): ...`` when a base file set it. Unchanged when no config sets the key or the
-    command line (``argv``) sets it."""
-    key = _offending_key(message)
-    if not key or _set_on_command_line(key, argv, _given_value(message)):
-        return message
-    for value in reversed(list(configs)):
-        path = _config_source(str(value))
-        if path is None:
-            continue
-        try:
-            files = _chain(path)
-        except ConfigError:
-            continue
-        for file, own in reversed(files):
-            if _find(own, key):
-                origin = "" if file == path else f" (from its {BASE_KEY} {file})"
-                return f"config {path}{origin}: {message}"
-    return message
-
-
-@contextmanager
-def config_error_context(argv: Sequence[str], configs: Sequence[str | Path] | None = None):
-    """Inside it, a parse error (a ConfigError raised from jsonargparse's ArgumentError, or that ArgumentError
-    itself) is re-raised as a ConfigError naming the config file, and the ``_base_`` file, that set the
-    offending key. ``configs``: the config values to consider (default: the ``--config`` values of argv,
-    composed YAML text included)."""
-    from jsonargparse import ArgumentError
-
-    configs = config_values(argv) if configs is None else list(configs)
-    try:
-        yield
-    except ArgumentError as error:
-        from cbsa_dense.config_errors import condense_parse_error
-
-        raise ConfigError(name_config_in_message(condense_parse_error(str(error)), configs, argv)) from error
-    except ConfigError as error:
-        if not isinstance(error.__cause__, ArgumentError):
-            raise
-        named = name_config_in_message(str(error), configs, argv)
-        if named == str(error):
-            raise
-        raise ConfigError(named) from error.__cause__
+def config_chain(path: Path) -> list[tuple[Path, dict]]:
+    """``(file, its own mapping)`` of a config and its ``_base_`` files, bases first."""
+    return _chain(path)

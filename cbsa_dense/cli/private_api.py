@@ -25,7 +25,7 @@ jsonargparse
 ------------
 
 ``jsonargparse._typehints.adapt_class_type`` and ``jsonargparse._typehints.NestedArg``
-    :func:`cbsa_dense.cli.lightning_cli.read_nested_null_as_yaml` wraps the function, process-wide, so that
+    :func:`cbsa_dense.cli.null_patch.read_nested_null_as_yaml` wraps the function, process-wide, so that
     ``null`` given on the command line two or more subclass levels deep parses as None (jsonargparse 4.53
     hands it to the inner parser as the text ``None``, a string); ``NestedArg`` is the value it hands on.
     The wrap is the only place to fix this for every argument at once. Before wrapping, it checks that the
@@ -65,8 +65,8 @@ Replaced by public ways (kept out on purpose)
 PRIVATE_NAMES = (
     ("lightning", "lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters", "cbsa_dense.tasks.base"),
     ("lightning", "lightning.pytorch.LightningModule()._trainer", "cbsa_dense.tasks"),
-    ("jsonargparse", "jsonargparse._typehints.adapt_class_type", "cbsa_dense.cli.lightning_cli"),
-    ("jsonargparse", "jsonargparse._typehints.NestedArg", "cbsa_dense.cli.lightning_cli"),
+    ("jsonargparse", "jsonargparse._typehints.adapt_class_type", "cbsa_dense.cli.null_patch"),
+    ("jsonargparse", "jsonargparse._typehints.NestedArg", "cbsa_dense.cli.null_patch"),
     ("torch", "torch.ops.aten._softmax_backward_data", "cbsa_dense.layers.cbsa_attention"),
     ("torchvision", "torchvision.models.detection.retinanet.RetinaNetRegressionHead()._loss_type",
      "cbsa_dense.models.heads.det_retinanet"),

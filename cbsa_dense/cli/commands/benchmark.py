@@ -135,7 +135,8 @@ def parse_train_config(config: str, overrides: Sequence[str] = ()):
     """The model, the datamodule and the trainer section of a ``cbsa-dense fit`` config, built exactly as
     ``cbsa-dense fit --config CFG`` builds them (nothing is run). ``config``: a file or a shipped config name,
     composed from its ``_base_`` files; ``overrides``: further command-line arguments (``--data.init_args.x 2``)."""
-    from cbsa_dense.cli.config_files import compose_config_args, config_error_context
+    from cbsa_dense.cli.config_blame import config_error_context
+    from cbsa_dense.cli.config_files import compose_config_args
     from cbsa_dense.cli.lightning_cli import CBSADenseCLI
     from cbsa_dense.cli.stored_run import prepare_args
 

@@ -167,7 +167,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-classes", type=int, default=None,
                         help="class count of the head (default: the config's data, as `fit` builds it)")
     args = parser.parse_args(argv)
-    from cbsa_dense.cli.config_files import config_error_context, load_config
+    from cbsa_dense.cli.config_blame import config_error_context
+    from cbsa_dense.cli.config_files import load_config
 
     config = load_config(args.config)
     size = tuple(args.image_size) if args.image_size else _default_size(config)
