@@ -6,7 +6,6 @@ import difflib
 import functools
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from timm.layers import PatchEmbed, to_2tuple
@@ -16,13 +15,11 @@ from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers.base import AttnLayer
 from cbsa_dense.layers.block import Block
 from cbsa_dense.layers.softmax_attention import SoftmaxAttention
-from cbsa_dense.models.checkpoint import LoadReport, load_matching, read_state_dict
+from cbsa_dense.models.checkpoint import LoadReport, load_matching
 from cbsa_dense.models.encoders.base import TokenEncoder
+from cbsa_dense.models.pretrained import read_pretrained
 
 log = logging.getLogger(__name__)
-
-#: File suffixes that make ``pretrained`` a path (a missing one is an error, not a timm model name).
-_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
 #: Parameters that a CBSA encoder adds to a softmax ViT: absent from its weights, they start fresh (the step
 #: sizes; the opt-in local term, zero-initialized).
@@ -49,7 +46,7 @@ class ViTEncoder(TokenEncoder):
 
         arch: vit_small_patch14_dinov2
         img_size: 224                                  # optional: default = the arch's pretrained size
-        pretrained: /weights/dinov2_vits14.safetensors
+        pretrained: vit_small_patch14_dinov2.lvd142m   # or a local file: /weights/dinov2_vits14.safetensors
 
     Args:
         arch: timm ``VisionTransformer`` model name (``vit_small_patch16_224``, ``vit_base_patch16_384``,
@@ -80,8 +77,12 @@ class ViTEncoder(TokenEncoder):
         out_indices: blocks whose outputs are returned (negative counts from the end).
         final_norm: apply the final LayerNorm to the last block's output when it is returned.
         norm_eps: LayerNorm epsilon (``None`` = arch's, else timm's 1e-6; Segmenter checkpoints 1e-5).
-        pretrained: timm ViT weights to load: a local ``.pth``/``.safetensors`` path, or a timm model
-            name (``"vit_small_patch16_384.augreg_in21k_ft_in1k"``, needs network). Every tensor must
+        pretrained: timm ViT weights to load: a local ``.safetensors``/``.pth``/``.bin`` file; a timm model
+            name with pretrained weights (``"vit_small_patch14_dinov2.lvd142m"``,
+            ``"vit_base_patch16_224.augreg2_in21k_ft_in1k"``; untagged = timm's default tag), fetched by timm
+            through the Hugging Face hub cache (``HF_HOME``; ``HF_HUB_OFFLINE=1`` uses the cache alone); or
+            ``"hf-hub:org/repo"`` as timm accepts it. A checkpoint of this project is refused (the task's
+            ``weights`` loads those). Set ``arch`` to the weights' architecture. Every tensor must
             fit: an unexpected or shape-mismatched tensor, or a missing one other than the CBSA step
             sizes (absent from softmax checkpoints, they start fresh), is a ``CheckpointError`` naming the
             keys and shapes (e.g. timm's ``qkv`` into CBSA layers of the ``shared`` variant).
@@ -154,20 +155,12 @@ class ViTEncoder(TokenEncoder):
         return {"arch": None, **self._resolved, "pretrained": None}
 
     def load_pretrained(self, source: str, strict: bool = True) -> LoadReport:
-        """Load timm ViT weights (file path or timm model name), adapted by :func:`adapt_timm_state_dict`.
+        """Load timm ViT weights, adapted by :func:`adapt_timm_state_dict`: a local file, a timm model name
+        with pretrained weights or ``hf-hub:org/repo`` (see :func:`cbsa_dense.models.pretrained.read_pretrained`).
 
         ``strict``: see ``pretrained_strict``; raises ``CheckpointError`` when the weights do not fit.
         """
-        if Path(source).exists() or Path(source).suffix in _WEIGHT_SUFFIXES:
-            state_dict = read_state_dict(source)
-        else:
-            import timm
-
-            try:
-                state_dict = timm.create_model(source, pretrained=True).state_dict()
-            except Exception as err:
-                raise ConfigError(f"pretrained={source!r} is neither an existing file nor a timm model name "
-                                 f"whose weights could be fetched ({err})") from err
+        state_dict = read_pretrained(source)
         # A file written by ``cbsa-dense linearize`` holds attention already matched to its softmax teacher:
         # the AttentionTransfer callback must not run again on it (its teacher would be the changed q/k).
         self.linearized = state_dict.pop(LINEARIZED_KEY, None) is not None
