@@ -87,7 +87,15 @@ def _open(path: str | Path, what: str) -> Image.Image:
         raise DataError(f"{what} {path} declares {pixels} pixels, above the decompression-bomb limit of "
                         f"{Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS): refusing to decode it; "
                         f"downscale the file (or remove it)") from err
+    except FileNotFoundError as err:
+        raise DataError(f"{what} {path} does not exist: check the path") from err
+    except IsADirectoryError as err:
+        raise DataError(f"{what} {path} is a folder, not an image: give an image file") from err
+    except PermissionError as err:
+        raise DataError(f"cannot read {what} {path}: permission denied: make the file readable") from err
     except (OSError, ValueError, SyntaxError) as err:
+        if Path(path).is_dir():                        # some systems refuse a folder without IsADirectoryError
+            raise DataError(f"{what} {path} is a folder, not an image: give an image file") from err
         raise DataError(f"cannot read {what} {path}: {err} (the file is corrupt or not an image: replace or "
                         f"remove it)") from err
 
@@ -159,9 +167,9 @@ def read_image(path: str | Path | Image.Image) -> np.ndarray:
       each image).
 
     Raises:
-        DataError: the file cannot be decoded (corrupt, truncated, not an image), its header declares
-            more pixels than PIL's decompression-bomb limit, or its float pixels are NaN/inf; the message
-            names the file.
+        DataError: the file does not exist, is a folder, or cannot be decoded (corrupt, truncated, not an
+            image), its header declares more pixels than PIL's decompression-bomb limit, or its float
+            pixels are NaN/inf; the message names the file.
     """
     given = isinstance(path, Image.Image)
     img = path if given else _open(path, "image")
