@@ -24,24 +24,24 @@ from cbsa_dense.errors import ConfigError, DataError
 from cbsa_dense.tasks.eval_protocol import Evaluation, SegEvaluation, eval_transform
 
 
-def find_images(images: str | Path) -> list[Path]:
+def find_images(images: str | Path, setting: str = "--images") -> list[Path]:
     """The image files ``images`` names: a folder (its images, sorted), one image file, or a glob pattern
-    (``photos/*.jpg``, ``**`` recursive). DataError naming the value when it names no image."""
+    (``photos/*.jpg``, ``**`` recursive). DataError naming ``setting`` and the value when it names no image."""
     text = str(images)
     path = Path(text)
     if path.is_dir():
         return list_images(path)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"--images {text}: {path.name} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(f"{setting} {text}: {path.name} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
         return [path]
     if glob.has_magic(text):
         found = sorted(Path(p) for p in glob.glob(text, recursive=True)
                        if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise DataError(f"--images {text}: the pattern matches no image file ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(f"{setting} {text}: the pattern matches no image file ({', '.join(IMAGE_SUFFIXES)})")
         return found
-    raise DataError(f"--images {text}: no such file or folder (give a folder of images, an image file or a glob "
+    raise DataError(f"{setting} {text}: no such file or folder (give a folder of images, an image file or a glob "
                     "such as 'photos/*.jpg')")
 
 

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 
 from cbsa_dense.data.global_batch import check_global_batch_size, resolve_batch_size
 from cbsa_dense.data.loaders import eval_loader, train_loader
+from cbsa_dense.data.predict_images import find_images
 from cbsa_dense.data.seeding import seed_worker
-from cbsa_dense.data.seg_dataset import SegDataset, list_images, seg_collate
+from cbsa_dense.data.seg_dataset import SegDataset, seg_collate
 from cbsa_dense.data.seg_labels import IGNORE_INDEX, check_unique_names, default_palette
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, SegTrainTransform
 from cbsa_dense.errors import ConfigError
@@ -56,7 +57,8 @@ class SegDataModule(LightningDataModule):
         std: normalization std (images in [0, 1]).
         validate_labels: read every mask of the used splits at setup and fail on values outside the
             classes (masks are also checked each time they are loaded).
-        predict_images: folder of images to predict on; ``None`` predicts on the validation split.
+        predict_images: the images to predict on: a folder, one image file, or a glob pattern (quote it on
+            the command line); ``None`` predicts on the validation split.
     """
 
     def __init__(self, num_classes: int, class_names: list[str] | None = None,
@@ -115,7 +117,7 @@ class SegDataModule(LightningDataModule):
 
     def make_dataset(self, split: str) -> SegDataset:
         if split == "predict" and self.predict_images is not None:
-            samples = [(p, None) for p in list_images(Path(self.predict_images))]
+            samples = [(p, None) for p in find_images(self.predict_images, "--data.init_args.predict_images")]
         else:
             samples = self.split_samples("val" if split == "predict" else split)
         transform = self.train_transform if split == "train" else self.eval_transform

@@ -98,6 +98,8 @@ def seg_collate(batch: list[dict]) -> dict:
 def list_images(folder: Path) -> list[Path]:
     """Image files of a folder (sorted; suffixes in :data:`IMAGE_SUFFIXES`); DataError naming the folder."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"image folder {folder} is a file, not a folder: give the folder that holds the images")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist: check the path")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
@@ -121,6 +123,8 @@ def pair_by_stem(images: Sequence[Path], mask_dir: Path, mask_suffix: str = ".pn
     with the same stem (``a.jpg`` and ``a.png``) are always an error: the mask would be ambiguous.
     """
     mask_dir = Path(mask_dir)
+    if mask_dir.exists() and not mask_dir.is_dir():
+        raise DataError(f"mask folder {mask_dir} is a file, not a folder: give the folder that holds the masks")
     if not mask_dir.is_dir():
         raise DataError(f"mask folder {mask_dir} does not exist: check the path")
     by_stem: dict[str, Path] = {}
