@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,12 +33,75 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))                # torch bolds a phrase with ANSI codes
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:                                    # the informative line of torch's long messages
         if line.startswith(("Unsupported global", "Unsupported operand", "Trying to load unsupported")):
             return line[:limit]
     text = lines[0] if lines else type(err).__name__
     return (text if len(text) <= limit else text[:limit] + "...")
+
+
+#: the first bytes of a file written by ``torch.save`` in its legacy (non-zip) format: its pickled magic number
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _first_zip_entry(head: bytes) -> str:
+    """The name of the first entry of a zip file's local header (``archive/data.pkl`` for torch.save)."""
+    length = int.from_bytes(head[26:28], "little")
+    return head[30:30 + length].decode("utf-8", "replace")
+
+
+def _load_error(path: Path, what: str, size: int, head: bytes, is_zip: bool, err: Exception) -> CheckpointError:
+    """The one-line error of a file ``torch.load(weights_only=True)`` refused, by what the file is.
+
+    What torch raises for each (torch 2.x): a real pickle holding Python objects (torch.save of a custom
+    class) -> ``UnpicklingError`` "Weights only load failed ... Unsupported global: GLOBAL module.Class";
+    random bytes, a plain ``pickle.dump`` file or any non-zip file -> the weights-only unpickler stops on
+    the first byte it does not accept ("Weights only load failed ... Unsupported operand N", or a
+    ``KeyError`` / ``EOFError``); a zip that is not a torch archive -> ``RuntimeError`` ("file in archive is
+    not in a subdirectory", or no ``data.pkl``); a torch zip cut short -> ``RuntimeError`` "failed finding
+    central directory" (the file starts with ``PK\\x03\\x04`` but is no longer a readable zip); a legacy
+    torch file cut short -> ``EOFError`` (in its pickle) or ``RuntimeError`` "unexpected EOF" (in its tensor
+    data). Only pickles (a torch.save of Python objects, a plain ``pickle.dump`` file) get the re-save advice.
+    """
+    detail = _first_line(err)
+    magic = head[:4]
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if refused or "Unsupported global" in str(err):
+        what_refused = refused.group(1) if refused else detail
+        return CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: it holds Python "
+                               f"objects that a safe load refuses ({what_refused}); re-save it with tensors "
+                               f"and plain containers only (e.g. torch.save(model.state_dict(), ...))")
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            names = []
+        if not any(name.endswith("data.pkl") for name in names):
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            return CheckpointError(f"{path} is a zip archive, not a PyTorch checkpoint (it holds "
+                                   f"{shown or 'no files'}, no data.pkl): give a file written by torch.save, "
+                                   f"Lightning or safetensors")
+        return CheckpointError(f"{what} file {path} is corrupt, torch.load fails ({detail}): use another copy")
+    torch_zip = magic == b"PK\x03\x04" and _first_zip_entry(head).endswith(".pkl")
+    legacy = head.startswith(_LEGACY_TORCH_HEAD)
+    if torch_zip or (legacy and (isinstance(err, EOFError) or "unexpected EOF" in str(err))):
+        return CheckpointError(f"{what} file {path} is truncated ({size} bytes, the end of the archive is "
+                               f"missing): it was not written or copied completely; use another copy")
+    if legacy:
+        return CheckpointError(f"{what} file {path} is corrupt, torch.load fails ({detail}): use another copy")
+    if magic == b"PK\x03\x04":
+        return CheckpointError(f"{path} is a damaged or truncated zip archive (its first entry is "
+                               f"{_first_zip_entry(head)!r}), not a PyTorch checkpoint: use another copy, or "
+                               f"give a file written by torch.save, Lightning or safetensors")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return CheckpointError(f"{path} is a plain Python pickle (it starts with {magic!r}: pickle.dump, not "
+                               f"torch.save), not a PyTorch checkpoint: load it in Python and re-save its tensors "
+                               f"with torch.save(state_dict, ...) or safetensors")
+    return CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {magic!r}): give a file written "
+                           f"by torch.save, Lightning or safetensors")
 
 
 def read_checkpoint(path: str | Path, *, what: str = "checkpoint", mmap: bool = False) -> dict:
@@ -73,25 +138,15 @@ def read_checkpoint(path: str | Path, *, what: str = "checkpoint", mmap: bool = 
                                   f"truncated or not a safetensors file ({_first_line(err)}): use another "
                                   f"copy") from err
     with open(path, "rb") as handle:
-        magic = handle.read(4)
+        head = handle.read(512)                          # magic bytes and a zip's first entry name
     is_zip = zipfile.is_zipfile(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+        with warnings.catch_warnings():
+            # a plain pickle.dump file makes torch warn about its protocol before failing; the error names it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except Exception as err:  # unpickling errors come in many types
-        detail = _first_line(err)
-        if "Weights only load failed" in str(err):
-            raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: it holds Python "
-                                  f"objects that a safe load refuses ({detail}); re-save it with tensors and "
-                                  f"plain containers only (e.g. torch.save(model.state_dict(), ...))") from err
-        if magic.startswith(b"PK") and not is_zip or isinstance(err, EOFError):
-            raise CheckpointError(f"{what} file {path} is truncated ({size} bytes, the end of the archive is "
-                                  f"missing): it was not written or copied completely; use another copy") from err
-        if magic.startswith(b"PK") or magic[:1] == b"\x80":
-            raise CheckpointError(f"{what} file {path} is corrupt, torch.load fails ({detail}): use another "
-                                  f"copy") from err
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {magic!r}, torch.load "
-                              f"fails: {detail}): give a file written by torch.save, Lightning or "
-                              f"safetensors") from err
+        raise _load_error(path, what, size, head, is_zip, err) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint (expected a dict: a "
                               f"state dict or a checkpoint with 'state_dict' / 'model')")
