@@ -15,9 +15,13 @@ from torch import nn
 from cbsa_dense.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.export.wrappers import DeployedDetector, DeployedSegmenter
+from cbsa_dense.optional import require
 
 log = logging.getLogger(__name__)
 
+#: what ``--format onnx`` imports: torch.onnx.export writes with onnx + onnxscript, the parity check runs
+#: onnxruntime (all three from the ``export`` extra)
+_ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 
 
 class ParityError(ValueError):
@@ -74,6 +78,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
 
     Raises:
         ConfigError: unknown format or image size.
+        MissingDependencyError: ``fmt="onnx"`` without the ``export`` extra (onnx, onnxscript, onnxruntime).
         ParityError: parity above ``tolerance`` (the message gives the difference; the files are left in
             place for inspection).
     """
@@ -81,6 +86,9 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
 
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"unknown export format {fmt!r}; choose 'onnx' or 'torchscript'")
+    if fmt == "onnx":                             # before any work: torch.onnx.export needs onnx + onnxscript
+        for module in _ONNX_MODULES:
+            require(module, "export", "export --format onnx")
     task = load_task(ckpt_path)
     info = dict(getattr(task, "data_info", None) or {})
     size = tuple(image_size or info.get("image_size") or (512, 512))
@@ -128,8 +136,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, fmt: str = "onn
 
 def _run_exported(path: Path, fmt: str, x: torch.Tensor) -> list[np.ndarray]:
     if fmt == "onnx":
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "export", "export --format onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return _outputs(torch.jit.load(str(path))(x))

@@ -10,7 +10,8 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cbsa-dense export", description=__doc__)
     p.add_argument("--ckpt_path", required=True, help="checkpoint written by cbsa-dense fit")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"],
+                   help="onnx needs the export extra: pip install 'cbsa_dense[export]'")
     p.add_argument("--output", required=True, help="model file to write (sidecar: <output>.json)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input size of the exported graph (default: the training data's, else 512 512)")
