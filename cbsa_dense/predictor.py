@@ -283,8 +283,9 @@ class DetectionPredictor(Predictor):
 
     def _build(self) -> None:
         if self.task.evaluation.image_size is None:
-            raise CheckpointError("the checkpoint records no detection input size: set predictor.image_size "
-                                  "(or pass image_size= to cbsa_dense.load)")
+            raise CheckpointError("the detection protocol has no image_size (the checkpoint records none, or it was "
+                                  f"set to None; mode={self.task.evaluation.mode!r}): set predictor.image_size = N "
+                                  "(or pass image_size=N to cbsa_dense.load)")
         super()._build()
 
     def _predict_batch(self, images: list[np.ndarray]) -> list:

@@ -161,7 +161,9 @@ def images_to_data(argv: list[str]) -> list[str]:
     from cbsa_dense.errors import ConfigError
 
     if not argv or argv[0] != "predict":
-        raise ConfigError("--images is an option of cbsa-dense predict (the images to predict with --ckpt_path)")
+        raise ConfigError("--images is an option of cbsa-dense predict only (the images to predict with --ckpt_path); "
+                          "fit, validate and test read their images from the data config: give it with --config / "
+                          "--data")
     start, end, value = found
     return [*argv[:start], "--data", "cbsa_dense.data.PredictImagesDataModule", "--data.init_args.images", value,
             *argv[end:]]

@@ -46,7 +46,8 @@ def score_dirs(pred_dir: Path, gt_dir: Path, num_classes: int, reduce_zero: bool
     """Score every ``gt_dir/*.png`` against ``pred_dir/<same stem>.png``; returns the JSON-ready dict."""
     for flag, folder in (("--pred", pred_dir), ("--gt", gt_dir)):
         if not folder.is_dir():
-            raise DataError(f"{flag} folder {folder} does not exist; give the folder of label PNGs")
+            raise DataError(f"{flag} folder {folder} " + ("is a file, not a folder" if folder.exists() else
+                                                          "does not exist") + "; give the folder of label PNGs")
     if num_classes < 1:
         raise ConfigError(f"--num-classes {num_classes}: give the number of classes (>= 1)")
     if num_classes > MAX_CLASSES:
