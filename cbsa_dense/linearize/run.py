@@ -76,24 +76,28 @@ class LinearizeReport:
                 "seconds": self.seconds}
 
 
-def _diagnoses(student, teacher, blocks, held: list[torch.Tensor], double_size: bool) -> dict[str, Diagnosis]:
+def _diagnoses(student, teacher, blocks, held: list[torch.Tensor], double_size: bool, when: str = "",
+               progress: bool = False) -> dict[str, Diagnosis]:
     """At the training crop, and at twice its size (the held-out crops upsampled): the resolution check."""
-    reports = {"crop": diagnose(student, teacher, blocks, held)}
+    prefix = f"{when} " if when else ""
+    reports = {"crop": diagnose(student, teacher, blocks, held, progress, f"diagnosis {prefix}at the crop")}
     if double_size:
         double = [F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False) for x in held]
-        reports["2x crop"] = diagnose(student, teacher, blocks, double)
+        reports["2x crop"] = diagnose(student, teacher, blocks, double, progress, f"diagnosis {prefix}at 2x the crop")
     return reports
 
 
 def linearize_encoder(encoder: torch.nn.Module, loader: DataLoader, settings: LinearizeSettings,
                       progress: bool = True, diagnose_only: bool = False) -> LinearizeReport:
     """Match ``encoder``'s CBSA blocks to the softmax attention of the weights they hold, on ``loader``'s
-    images (training crops; labels unused). In place; returns the before/after report."""
+    images (training crops; labels unused). In place; returns the before/after report. ``progress``: progress
+    bars (stderr) for the diagnoses and the transfer."""
     started = time.perf_counter()
     blocks = cbsa_blocks(encoder)
     teacher = build_teacher(encoder)
     held = holdout_batches(loader, settings.holdout_batches)
-    report = LinearizeReport(before=_diagnoses(encoder, teacher, blocks, held, settings.double_size_check))
+    report = LinearizeReport(before=_diagnoses(encoder, teacher, blocks, held, settings.double_size_check, "before",
+                                               progress))
     if not diagnose_only:
         if settings.calibrate:
             report.calibration = calibrate_step_sizes(encoder, teacher, blocks, held[: max(len(held) // 2, 1)])
@@ -102,6 +106,6 @@ def linearize_encoder(encoder: torch.nn.Module, loader: DataLoader, settings: Li
                                                  steps=settings.steps, train=settings.train, lr=settings.lr,
                                                  qk_lr=settings.qk_lr, eval_every=settings.eval_every,
                                                  patience=settings.patience, progress=progress)
-        report.after = _diagnoses(encoder, teacher, blocks, held, settings.double_size_check)
+        report.after = _diagnoses(encoder, teacher, blocks, held, settings.double_size_check, "after", progress)
     report.seconds = time.perf_counter() - started
     return report

@@ -366,3 +366,44 @@ def test_transfer_callback_refuses_sharded_strategies():
     trainer = SimpleNamespace(ckpt_path=None, datamodule=object(), strategy=FSDPStrategy())
     with pytest.raises(ConfigError, match="cbsa-dense linearize"):
         AttentionTransfer(steps=2).on_train_start(trainer, task)
+
+
+def test_diagnose_only_prints_a_legend_shows_progress_and_no_warning(tiny_data, tmp_path, capsys, monkeypatch):
+    """As typed in a terminal (sys.argv holds the command, stderr is a tty): each table has its legend, the
+    diagnosis shows a progress bar, and Lightning's "args parameter" warning (2.5 KB: the whole config) is gone."""
+    import sys
+    import warnings
+
+    root, weights = tiny_data
+    argv = ["linearize", *_finetune_args(root, tmp_path, "--model.init_args.encoder.init_args.pretrained",
+                                         str(weights)), "--diagnose-only"]
+    monkeypatch.setattr(sys, "argv", ["cbsa-dense", *argv])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")                    # over pyproject's filters: see every warning
+        assert main(argv) == 0
+    out, err = capsys.readouterr()
+    user_warnings = [f"{w.category.__name__}: {str(w.message)[:200]}" for w in caught
+                     if issubclass(w.category, UserWarning)]
+    assert not user_warnings, user_warnings
+    assert "args parameter" not in err and "seed_everything" not in err
+    from cbsa_dense.linearize.diagnose import LEGEND
+
+    legend = "\n".join(LEGEND)
+    assert out.count(legend) == 2 == out.count("final-feature cosine to the softmax teacher")     # one per table
+    for table in out.split("\n\n")[:2]:
+        assert table.endswith(legend), table                                     # right under its table
+    assert "||y - t||^2 / ||t||^2" in legend and "0 = identical, 1.0 = as far off as predicting zero" in legend
+    assert "lower is better" in legend and "norm ratio: ||y|| / ||t||" in legend and "cosine: of y and t" in legend
+    assert "diagnosis before at the crop" in err and "diagnosis before at 2x the crop" in err     # progress bars
+    assert "after" not in out
+
+
+def test_the_diagnosis_table_has_its_legend_unless_asked_not_to():
+    from cbsa_dense.linearize.diagnose import LEGEND, BlockStats, Diagnosis
+
+    report = Diagnosis(size=(56, 56), images=2, blocks=[BlockStats(0, 0.25, 0.5, 0.9)], final_cosine=0.8)
+    lines = report.table("before, crop").splitlines()
+    assert lines[-len(LEGEND):] == LEGEND and "    0      0.250       0.500   0.900" in lines
+    assert not set(LEGEND) & set(report.table(legend=False).splitlines())

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from cbsa_dense.errors import ConfigError
+from cbsa_dense.errors import ConfigError, OutputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,26 +61,36 @@ def _settings(trainer, args: argparse.Namespace):
 def main(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
     if not args.diagnose_only and not args.out:
-        raise ConfigError("give --out FILE.safetensors (or --diagnose-only)")
+        raise ConfigError("linearize writes the matched encoder weights to a file: give --out FILE.safetensors (or "
+                          "--diagnose-only to only print the per-block errors)")
     out = Path(args.out) if args.out else None
     if out is not None:
         from cbsa_dense.cli.checks import check_writable
 
         if out.suffix != ".safetensors":
-            raise ConfigError(f"--out {out}: write a .safetensors file")
+            raise ConfigError(f"--out {out}: the weights are written as safetensors: give a file name ending in "
+                              f".safetensors, e.g. {out.with_suffix('.safetensors')}")
         if out.exists() and not args.force:
-            raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
+            raise OutputError(f"--out {out} exists; pass --force to overwrite it, or give another file")
         check_writable(out.parent, "--out")
     if any(a.startswith("--ckpt_path") for a in rest):
-        raise ConfigError("linearize takes a training config (--config ...), not --ckpt_path")
+        raise ConfigError("linearize takes a training config (--config ...), not --ckpt_path: to start from a "
+                          "checkpoint's weights, give --model.init_args.weights FILE")
 
     from cbsa_dense.cli.lightning_cli import CBSADenseCLI
     from cbsa_dense.linearize.run import linearize_encoder
 
-    cli = CBSADenseCLI(args=rest, run=False)
+    with warnings.catch_warnings():
+        # Lightning warns whenever `args` is given while sys.argv holds a command line, and prints the whole composed
+        # config with it (2.5 KB). Here both are the same command: `rest` is the console's arguments minus
+        # linearize's own flags (run=False, nothing else to mistake). Only that one warning is dropped, as
+        # cbsa_dense.cli.lightning_cli.run does for the training subcommands.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
+        cli = CBSADenseCLI(args=rest, run=False)
     encoder = getattr(getattr(cli.model, "model", None), "encoder", None)
     if encoder is None:
-        raise ConfigError(f"linearize needs a task with an encoder, not {type(cli.model).__name__}")
+        raise ConfigError(f"linearize needs a task with an encoder, not {type(cli.model).__name__}: give a "
+                          "segmentation or detection config (--config)")
     from cbsa_dense.linearize.teacher import cbsa_blocks
 
     cbsa_blocks(encoder)                          # a CBSA encoder that can hold softmax weights, else one line
