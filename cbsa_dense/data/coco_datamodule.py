@@ -13,7 +13,7 @@ from cbsa_dense.data.coco_dataset import COCODetectionDataset, collate_detection
 from cbsa_dense.data.coco_validation import COCOFormatError
 from cbsa_dense.data.det_transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 from cbsa_dense.data.global_batch import check_global_batch_size, resolve_batch_size
-from cbsa_dense.data.loaders import train_loader
+from cbsa_dense.data.loaders import train_loader, worker_count
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_transforms import check_normalization, check_ratio_range
 from cbsa_dense.errors import ConfigError, DataError
@@ -117,7 +117,9 @@ class COCODetectionDataModule(LightningDataModule):
             set, the per-device batch is ``global_batch_size / (world size x accumulate_grad_batches)``,
             computed at setup (an error when it does not divide; see :mod:`cbsa_dense.data.global_batch`).
             Leave ``batch_size`` at its default when using it.
-        num_workers: DataLoader workers (each reseeds the augmentation, see ``seed_worker``).
+        num_workers: DataLoader workers (each reseeds the augmentation, see ``seed_worker``), at most the CPUs
+            this process may use (:func:`~cbsa_dense.data.loaders.worker_count`: more would only take turns on
+            the same cores; the cap is silent).
     """
 
     def __init__(self, root: str | None = None, train_json: str | None = None, train_images: str | None = None,
@@ -167,7 +169,7 @@ class COCODetectionDataModule(LightningDataModule):
         self.global_batch_size = global_batch_size
         self._eval_batch_size = eval_batch_size
         self._batch_resolved = False
-        self.num_workers = num_workers
+        self.num_workers = worker_count(num_workers)
         self.datasets: dict[str, COCODetectionDataset] = {}
         self.category_ids: list[int] = []
         self.class_names: list[str] = []

@@ -90,6 +90,26 @@ class SeededAugmentation(Dataset):
         return getattr(self.dataset, name)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity set where the OS has one (a container's or ``taskset``'s
+    limit), else ``os.cpu_count()``; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):                # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(num_workers: int) -> int:
+    """``num_workers`` capped at :func:`available_cpus`.
+
+    More loader workers than CPUs do not load faster: they take turns on the same cores (torch warns "This
+    DataLoader will create N worker processes ... suggested max number of worker in current system is M").
+    So a config's ``num_workers: 8`` on a 2-CPU machine gets 2 workers, silently: what it would get anyway, and
+    the same config serves the big and the small machine.
+    """
+    return min(int(num_workers), available_cpus())
+
+
 def run_seed() -> int:
     """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), else 0."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from cbsa_dense.data.global_batch import check_global_batch_size, resolve_batch_size
-from cbsa_dense.data.loaders import eval_loader, train_loader
+from cbsa_dense.data.loaders import eval_loader, train_loader, worker_count
 from cbsa_dense.data.predict_images import find_images
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_dataset import SegDataset, seg_collate
@@ -40,7 +40,9 @@ class SegDataModule(LightningDataModule):
             accumulate_grad_batches)``, computed at setup (an error when it does not divide; see
             :mod:`cbsa_dense.data.global_batch`). Leave ``batch_size`` at its default when using it.
         val_batch_size: evaluation batch size (images of different sizes are handled one by one).
-        num_workers: DataLoader workers (each reseeds its augmentation RNG).
+        num_workers: DataLoader workers (each reseeds its augmentation RNG), at most the CPUs this process may
+            use (:func:`~cbsa_dense.data.loaders.worker_count`: more would only take turns on the same cores; the
+            cap is silent).
         crop_size: (height, width) of training crops (positive).
         scale: (long, short) base scale of the training ratio-range resize (positive).
         ratio_range: random factor range of ``scale``, ``0 < low <= high``.
@@ -95,7 +97,7 @@ class SegDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
         self.val_batch_size = val_batch_size
-        self.num_workers = num_workers
+        self.num_workers = worker_count(num_workers)
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = SegTrainTransform(crop_size, scale, ratio_range, cat_max_ratio,
                                                  photometric=photometric, mean=mean, std=std)
