@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -188,24 +189,62 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------ loading
 @dataclass
 class LoadReport:
-    """What :func:`load_matching` did: keys absent from the file, keys the model lacks, shape conflicts."""
+    """What :func:`load_matching` did: keys absent from the file, keys the model lacks, shape conflicts.
+
+    ``missing`` and ``mismatched`` list every such key, the expected ones included; ``fresh_patterns`` (the
+    ``may_reinit`` globs of :func:`load_matching`: parameters that start fresh by design, such as the CBSA
+    step sizes a softmax ViT's weights lack) say which are expected (:attr:`fresh`). The other ones are
+    :attr:`problems`.
+    """
 
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     loaded: int = 0
+    fresh_patterns: tuple[str, ...] = ()
+
+    @property
+    def fresh(self) -> list[str]:
+        """The missing or shape-mismatched keys that match ``fresh_patterns``: new parameters, at their
+        initialization as intended."""
+        keys = self.missing + [k for k, _, _ in self.mismatched]
+        return [k for k in keys if _matches(k, self.fresh_patterns)]
+
+    @property
+    def problems(self) -> bool:
+        """True when some key is unexpected, or missing or shape-mismatched without being expected fresh."""
+        fresh = set(self.fresh)
+        return bool(self.unexpected or any(k not in fresh for k in self.missing)
+                    or any(k not in fresh for k, _, _ in self.mismatched))
 
     def summary(self, limit: int = 20) -> str:
-        """Three lines (missing, unexpected, shape-mismatched keys), each listing at most ``limit`` keys and
-        saying so when it lists fewer than there are."""
+        """One line per non-empty category, none when everything matched: the new parameters that start fresh
+        as expected (counted per ``fresh_patterns`` glob), then the problems: missing, unexpected and
+        shape-mismatched keys, each listing at most ``limit`` keys and saying so when it lists fewer than there
+        are."""
         def count(items: list, note: str = "") -> str:
             shown = f", first {limit} shown" if len(items) > limit else ""
             return f"({len(items)}{note}{shown})"
 
-        lines = [f"missing keys {count(self.missing)}: {self.missing[:limit]}",
-                 f"unexpected keys {count(self.unexpected)}: {self.unexpected[:limit]}",
-                 f"shape-mismatched keys {count(self.mismatched, ', left at init')}: "
-                 + ", ".join(f"{k} file{tuple(a)} vs model{tuple(b)}" for k, a, b in self.mismatched[:limit])]
+        fresh = self.fresh
+        fresh_set = set(fresh)
+        missing = [k for k in self.missing if k not in fresh_set]
+        mismatched = [m for m in self.mismatched if m[0] not in fresh_set]
+        lines = []
+        if fresh:
+            groups: dict[str, int] = {}
+            for key in fresh:
+                pattern = next(p for p in self.fresh_patterns if fnmatch.fnmatchcase(key, p))
+                groups[pattern] = groups.get(pattern, 0) + 1
+            lines.append(f"new parameters, initialized fresh as expected ({len(fresh)}: "
+                         + ", ".join(f"{n} {p}" for p, n in groups.items()) + ")")
+        if missing:
+            lines.append(f"missing keys {count(missing)}: {missing[:limit]}")
+        if self.unexpected:
+            lines.append(f"unexpected keys {count(self.unexpected)}: {self.unexpected[:limit]}")
+        if mismatched:
+            lines.append(f"shape-mismatched keys {count(mismatched, ', left at init')}: "
+                         + ", ".join(f"{k} file{tuple(a)} vs model{tuple(b)}" for k, a, b in mismatched[:limit]))
         return "\n".join(lines)
 
 
@@ -246,7 +285,10 @@ def load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], source
             WARNING and left at their initialization.
         scope: key prefix the strict check covers (``"encoder."`` for encoder weights in a whole model;
             ``""`` = every key).
-        may_reinit: glob patterns of keys that may be missing or shape-mismatched under ``strict``.
+        may_reinit: glob patterns of keys that may be missing or shape-mismatched under ``strict``; the report
+            names them "new parameters, initialized fresh as expected" instead of missing or mismatched. The
+            report is logged at WARNING when something else is off, else at INFO (printed on stderr when no
+            logging is set up, as on the command line, where a WARNING shows too).
         opt_out: the setting that turns ``strict`` off, named in the error (e.g. ``pretrained_strict: false``).
 
     Raises:
@@ -254,7 +296,7 @@ def load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], source
             their shapes, and what to do.
     """
     own = module.state_dict()
-    report = LoadReport()
+    report = LoadReport(fresh_patterns=tuple(may_reinit))
     usable = {}
     for key, value in state_dict.items():
         if key not in own:
@@ -291,7 +333,13 @@ def load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], source
             raise CheckpointError(f"{source} does not fit the {target}: {', '.join(parts)}"
                                   + (f"; {fix}" if fix else ""))
     module.load_state_dict(usable, strict=False)
-    level = logging.WARNING if report.mismatched or report.missing or report.unexpected else logging.INFO
-    log.log(level, "loaded %d/%d tensors from %s into %s\n%s", len(usable), len(own), source,
-            type(module).__name__, report.summary())
+    summary = report.summary()
+    message = (f"loaded {len(usable)}/{len(own)} tensors from {source} into {type(module).__name__}"
+               + (f"\n{summary}" if summary else ""))
+    if report.problems:
+        log.warning(message)
+    elif log.hasHandlers():
+        log.info(message)
+    else:        # no logging set up (the command line): shown as Python shows a warning then, on stderr
+        print(message, file=sys.stderr, flush=True)
     return report

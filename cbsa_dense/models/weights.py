@@ -13,6 +13,10 @@ shapes. Only :data:`FRESH_ENCODER_KEYS` (CBSA step sizes, the encoder's classifi
 missing. A checkpoint of this project written by another task class (a segmentation checkpoint for a
 detection model) is an error too. ``strict=False`` turns both into warnings and loads what fits. A head
 trained for another class count keeps its fresh initialization and is reported (not an error).
+
+The load report (logged; :class:`~cbsa_dense.models.checkpoint.LoadReport`) names what starts fresh by design
+"new parameters, initialized fresh as expected": the :data:`FRESH_ENCODER_KEYS` and, for encoder-only weights,
+everything outside the encoder (neck, head). Only the rest is listed as missing, unexpected or mismatched.
 """
 
 from __future__ import annotations
@@ -107,6 +111,9 @@ def load_model_weights(model: nn.Module, path: str | Path, *, strict: bool = Tru
     if kind == "lightning" and check_checkpoint is not None and strict:
         check_checkpoint(checkpoint)
     encoder_weights = kind in ENCODER_KINDS and getattr(model, "encoder", None) is not None
+    fresh = [f"encoder.{k}" for k in FRESH_ENCODER_KEYS]
+    if encoder_weights:       # encoder-only weights: the neck and head start fresh by design
+        fresh += sorted({f"{key.partition('.')[0]}.*" if "." in key else key
+                         for key in model.state_dict() if not key.startswith("encoder.")})
     return load_matching(model, state_dict, source=str(path), strict=strict and encoder_weights,
-                         scope="encoder.", may_reinit=[f"encoder.{k}" for k in FRESH_ENCODER_KEYS],
-                         opt_out=opt_out)
+                         scope="encoder.", may_reinit=fresh, opt_out=opt_out)

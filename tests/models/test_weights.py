@@ -157,8 +157,14 @@ def test_load_report_says_when_it_lists_fewer_keys_than_there_are():
     from cbsa_dense.models.checkpoint import LoadReport
 
     report = LoadReport(missing=[f"blocks.{i}.attn.step_x" for i in range(24)], unexpected=["head.weight"])
-    missing, unexpected, mismatched = report.summary().splitlines()
+    missing, unexpected = report.summary().splitlines()      # no line for the empty category (mismatched)
     assert missing.startswith("missing keys (24, first 20 shown): ") and "blocks.19." in missing
     assert "blocks.20." not in missing
     assert unexpected == "unexpected keys (1): ['head.weight']"
-    assert mismatched == "shape-mismatched keys (0, left at init): "
+    # the same keys, expected fresh (load_matching's may_reinit): one line saying so, per pattern
+    expected = LoadReport(missing=report.missing, unexpected=["head.weight"], fresh_patterns=("blocks.*.attn.step_x",))
+    assert expected.summary().splitlines() == [
+        "new parameters, initialized fresh as expected (24: 24 blocks.*.attn.step_x)",
+        "unexpected keys (1): ['head.weight']"]
+    assert expected.problems and not LoadReport(missing=report.missing, fresh_patterns=("blocks.*",)).problems
+    assert LoadReport().summary() == ""
