@@ -42,8 +42,9 @@ def test_fit_to_a_file_prints_a_line_every_log_every_n_steps(tmp_path, capsys):
                          r"elapsed \d+:\d\d:\d\d \| eta \d+:\d\d:\d\d$", line), line
     assert steps[0].startswith("step 3/8 (38%) | epoch 1/2") and steps[-1].startswith("step 8/8 (100%) | epoch 2/2")
     validations = [line for line in lines if line.startswith("validation")]
-    assert [re.match(r"validation at step (\d+) \(epoch (\d)\): val_miou \d\.\d{4}, ", v).groups()
+    assert [re.match(r"validation at step (\d+)/8 \(epoch (\d)/2\): val_miou \d\.\d{4}, ", v).groups()
             for v in validations] == [("4", "1"), ("8", "2")], lines
+    assert not any("val_iou_" in v for v in validations)       # the per-class values go to the end-of-fit table
     assert all("val_aacc" in v and "elapsed" in v for v in validations)
 
 
