@@ -7,6 +7,10 @@ so configs do not repeat a ``ModelCheckpoint`` block per task.
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cbsa_dense.errors import ConfigError
@@ -38,6 +42,13 @@ class TaskCheckpoint(ModelCheckpoint):
     ``save_last="link"`` is not used, as it points ``last.ckpt`` at the best file also when later validations did
     not improve, which would resume a run from the wrong step.
 
+    At the end of ``fit`` it prints where the files are, one line (stdout, rank 0)::
+
+        checkpoints: best runs/demo_seg/version_0/checkpoints/epoch11-step240-val_miou0.8512.ckpt (val_miou 0.8512), last runs/demo_seg/version_0/checkpoints/last.ckpt
+
+    (paths relative to the working folder when inside it; ``best`` is left out when no validation ranked a file,
+    and the line says ``none written`` when there is no file at all).
+
     Args:
         monitor: metric to rank checkpoints by; ``None`` = the task's (``val_miou``, ``val_map``).
         mode: ``"max"`` or ``"min"``; ``None`` = the task's.
@@ -64,3 +75,28 @@ class TaskCheckpoint(ModelCheckpoint):
             metric = f"-{self.monitor}{{{self.monitor}:.4f}}" if self.monitor else ""
             self.filename = "epoch{epoch:02d}-step{step}" + metric
         super().setup(trainer, pl_module, stage)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            print(self.summary(), flush=True)
+
+    def summary(self) -> str:
+        """The line printed at the end of ``fit``: the best and the last checkpoint files."""
+        parts = []
+        if self.best_model_path and Path(self.best_model_path).is_file():
+            score = self.best_model_score
+            value = float(score) if score is not None else math.nan
+            shown = f" ({self.monitor} {value:.4f})" if self.monitor and math.isfinite(value) else ""
+            parts.append(f"best {_shown_path(self.best_model_path)}{shown}")
+        if self.last_model_path and Path(self.last_model_path).is_file():
+            parts.append(f"last {_shown_path(self.last_model_path)}")
+        return "checkpoints: " + (", ".join(parts) if parts else "none written")
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working folder when it is inside it, else as it is."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:                       # another drive (Windows)
+        return str(path)
+    return relative if not relative.startswith("..") else str(path)
