@@ -57,8 +57,13 @@ def scores_from_confusion(confusion: Tensor) -> dict[str, Tensor]:
 
     Returns:
         ``miou``, ``aacc``, ``macc`` (0-d float64 tensors, fractions; NaN when nothing is scored),
-        ``iou`` and ``acc`` (C,) float64 with NaN for classes with an empty union / no ground truth.
+        ``iou`` and ``acc`` (C,) float64 with NaN for classes with an empty union / no ground truth,
+        ``pred_pixels`` and ``label_pixels`` (C,) int64: the scored pixels predicted as each class and
+        labelled as each class (a class with labelled pixels and ``pred_pixels == 0`` is never predicted:
+        its IoU is 0 because the model does not output it at all, not because it outputs it in the wrong
+        places).
     """
+    counts = confusion.long()
     confusion = confusion.double()
     num_classes = confusion.shape[0]
     intersect = confusion[:, :num_classes].diagonal()
@@ -69,7 +74,7 @@ def scores_from_confusion(confusion: Tensor) -> dict[str, Tensor]:
     acc = intersect / area_label
     total = area_label.sum()
     return {"miou": iou.nanmean(), "aacc": intersect.sum() / total, "macc": acc.nanmean(), "iou": iou,
-            "acc": acc}
+            "acc": acc, "pred_pixels": counts[:, :num_classes].sum(dim=0), "label_pixels": counts.sum(dim=1)}
 
 
 class SegmentationMetrics(Metric):

@@ -20,6 +20,7 @@ from cbsa_dense.models.detector import Detector, HeadFactory, NeckFactory
 from cbsa_dense.models.encoders.base import Encoder
 from cbsa_dense.tasks.base import BaseTask, adopt_evaluation, run_dir, under_cli
 from cbsa_dense.tasks.eval_protocol import DetEvaluation, evaluation_from
+from cbsa_dense.tasks.reporting import LastValidationReport, per_class_keys
 
 #: Logged names of the COCO numbers (torchmetrics key -> our suffix); plus ``mar_{largest detection limit}``.
 _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "map_s", "map_medium": "map_m",
@@ -41,8 +42,13 @@ class DetectionTask(BaseTask):
     :class:`~cbsa_dense.metrics.coco_map.COCOMeanAveragePrecision` (equal to pycocotools), updated per
     step and computed once per epoch in original image pixels with the json's crowd flags and areas;
     logged as ``{val,test}_map``, ``_map_50``, ``_map_75``, ``_map_s/m/l``, ``_mar_{M}`` (boxes) and
-    ``{val,test}_segm_map...`` (masks, with a mask head). ``test`` also logs and prints per-class AP;
-    ``test`` and ``predict`` write a COCO results json (original image and category ids, xywh boxes,
+    ``{val,test}_segm_map...`` (masks, with a mask head). Both also log each class's AP as
+    ``{val,test}_map_<class>`` (``_segm_map_<class>``; the class name with other characters than letters,
+    digits and ``_`` replaced by ``_``; a class with neither ground truth nor detections is not logged), which
+    doubles the metric's compute time at each validation (one more COCO evaluation, per class). ``test``
+    prints the per-class AP table and ``fit`` prints its last validation's at its end (once, rank 0), with each
+    class's number of detections: a class the model never detects shows as "never predicted". ``test`` and
+    ``predict`` write a COCO results json (original image and category ids, xywh boxes,
     RLE masks) that pycocotools loads directly.
 
     Crowded scenes: two limits decide how many objects per image can count. The head keeps at most
@@ -94,7 +100,7 @@ class DetectionTask(BaseTask):
     #: the protocol this task evaluates with (the datamodules of the same kind declare it too)
     evaluation_type = DetEvaluation
 
-    def __init__(self, encoder: Encoder, neck: NeckFactory, head: HeadFactory, num_classes: int,
+    def __init__(self, encoder: Encoder, neck: NeckFactory, head: HeadFactory, num_classes: int | None = None,
                  mask_threshold: float = 0.5, results_dir: str | None = None,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = 0.7,
@@ -112,6 +118,8 @@ class DetectionTask(BaseTask):
         # overrides (:mod:`cbsa_dense.cli.stored_run`).
         self.save_hyperparameters(ignore=["results_dir", "mask_threshold", "overlays", "overlay_score_threshold"]
                                   + ([] if under_cli() else ["encoder", "neck", "head", "evaluation"]))
+        if num_classes is None:                # the CLI links it from the data; a config never states it
+            raise ConfigError("DetectionTask needs num_classes (the data's category count; the CLI links it)")
         self.model = Detector(encoder, neck, head, num_classes)
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
@@ -124,6 +132,9 @@ class DetectionTask(BaseTask):
         self.category_ids: list[int] = list(range(num_classes))
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self._results: list[dict] = []
+        #: the logged per-class metric keys (``val_map_<class>``, ...), which progress lines leave out
+        self.per_class_metric_keys: set[str] = set()
+        self._last_validation = LastValidationReport()
         self.apply_freeze()
 
     # ----------------------------------------------------------------------------------------- setup
@@ -147,7 +158,7 @@ class DetectionTask(BaseTask):
         if getattr(self, "_metric_limits", None) == limits:
             return
         self._metric_limits = limits
-        self.val_map = COCOMeanAveragePrecision(self.iou_types, max_detection_thresholds=limits)
+        self.val_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True, max_detection_thresholds=limits)
         self.test_map = COCOMeanAveragePrecision(self.iou_types, class_metrics=True, max_detection_thresholds=limits)
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
@@ -252,14 +263,19 @@ class DetectionTask(BaseTask):
                 "results": self.to_coco_results(preds, batch["image_id"])}
 
     def configure_callbacks(self) -> list:
-        """``predict`` writes its files through :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter`."""
+        """``predict`` writes its files through :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter`;
+        ``fit`` logs at least once per epoch (:class:`~cbsa_dense.callbacks.fit_log_interval.FitLogInterval`)."""
+        from cbsa_dense.callbacks.fit_log_interval import FitLogInterval
         from cbsa_dense.callbacks.prediction_writer import PredictionWriter
 
-        return [PredictionWriter()]
+        return [PredictionWriter(), FitLogInterval()]
 
     # ------------------------------------------------------------------------------------ epoch ends
-    def _log_map(self, metric: COCOMeanAveragePrecision, prefix: str) -> dict:
+    def _log_map(self, metric: COCOMeanAveragePrecision, prefix: str) -> tuple[dict, list[int]]:
+        """Log the COCO numbers and, with ``class_metrics``, the per-class AP; returns the metric's result and
+        the number of detections of each class."""
         result = metric.compute()
+        detections = _detections_per_class(metric, self.num_classes)
         metric.reset()
         logged = {}
         mar = f"mar_{self.max_detection_thresholds[-1]}"
@@ -270,30 +286,68 @@ class DetectionTask(BaseTask):
         headline = {f"{prefix}_map", f"{prefix}_map_50"}
         self.log_dict({k: v for k, v in logged.items() if k in headline}, prog_bar=True)
         self.log_dict({k: v for k, v in logged.items() if k not in headline})
-        return result
+        for iou_type in self.iou_types:
+            base = f"{prefix}_map_" if iou_type == "bbox" else f"{prefix}_segm_map_"
+            keys = per_class_keys(self._class_names(), base, taken=logged)
+            for key, (ap, _) in zip(keys, self._per_class(result, iou_type)):
+                if ap is not None:
+                    self.log(key, ap)
+                    self.per_class_metric_keys.add(key)
+        return result, detections
+
+    def _class_names(self) -> list[str]:
+        names = list(self.class_names)
+        return names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+
+    def _per_class(self, result: dict, iou_type: str) -> list[tuple[float | None, float | None]]:
+        """(AP, AR at the largest detection limit) of every class of one IoU type; ``None`` where COCO gives none
+        (no ground truth of the class; the metric computed without ``class_metrics``)."""
+        src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
+        classes = result.get("classes", torch.zeros(0)).reshape(-1).tolist()   # never prefixed
+        aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
+        ars = result.get(f"{src}mar_{self.max_detection_thresholds[-1]}_per_class", torch.zeros(0)).reshape(-1).tolist()
+        values: list[tuple[float | None, float | None]] = [(None, None)] * self.num_classes
+        for label, ap, ar in zip(classes, aps, ars):
+            if 0 <= int(label) < self.num_classes:
+                values[int(label)] = (ap if ap >= 0 else None, ar if ar >= 0 else None)
+        return values
 
     def on_validation_epoch_end(self) -> None:
-        self._log_map(self.val_map, "val")
+        result, detections = self._log_map(self.val_map, "val")
+        self._last_validation.remember(self._trainer, result, detections)
+
+    def on_validation_end(self) -> None:
+        self._last_validation.after_validation(self.trainer, self._report_per_class)
+
+    def on_train_end(self) -> None:
+        self._last_validation.at_train_end(self._report_per_class)
 
     def on_test_epoch_start(self) -> None:
         self._results = []
 
     def on_test_epoch_end(self) -> None:
-        result = self._log_map(self.test_map, "test")
-        for iou_type in self.iou_types:
-            src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
-            classes = result.get("classes", torch.zeros(0)).reshape(-1).tolist()  # never prefixed
-            aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
-            ars = result.get(f"{src}mar_{self.max_detection_thresholds[-1]}_per_class", torch.zeros(0)).reshape(-1).tolist()
-            rows = []
-            for label, ap, ar in zip(classes, aps, ars):
-                name = self.class_names[int(label)] if 0 <= int(label) < len(self.class_names) else str(label)
-                rows.append(f"{name:<24} {ap:>7.4f} {ar:>7.4f}")
-                if ap >= 0:
-                    self.log(f"test_{'segm_' if iou_type == 'segm' else ''}map_{name}", ap)
-            ar_name = f"AR{self.max_detection_thresholds[-1]}"
-            rank_zero_info(f"per-class {iou_type} AP\n{'class':<24} {'AP':>7} {ar_name:>7}\n" + "\n".join(rows))
+        result, detections = self._log_map(self.test_map, "test")
+        self._report_per_class(result, detections)
         self.write_results(self._results, "test_results.json")
+
+    def _report_per_class(self, result: dict, detections: list[int], stage: str = "test",
+                          step: int | None = None) -> None:
+        """Print the per-class AP table of each IoU type (rank 0): AP, AR at the largest detection limit, the
+        number of detections, and a note: "never predicted" for a class with ground truth and no detection,
+        "not in the ground truth" for one with detections only ("-": COCO gives it no AP)."""
+        ar_name = f"AR{self.max_detection_thresholds[-1]}"
+        at = f" of the last validation (step {step})" if stage == "val" and step is not None else ""
+        for iou_type in self.iou_types:
+            rows, never = [], []
+            for name, (ap, ar), count in zip(self._class_names(), self._per_class(result, iou_type), detections):
+                note = _class_note(ap is not None, count)
+                if note == "never predicted":
+                    never.append(name)
+                cells = ["-" if v is None else f"{v:.4f}" for v in (ap, ar)]
+                rows.append(f"{name:<24} {cells[0]:>7} {cells[1]:>7} {count:>10}  {note}".rstrip())
+            header = f"{'class':<24} {'AP':>7} {ar_name:>7} {'detections':>10}  note"
+            footer = f"\nnever predicted: {', '.join(never)} (no detection; their AP is 0)" if never else ""
+            rank_zero_info(f"per-class {iou_type} AP{at}\n{header}\n" + "\n".join(rows) + footer)
 
     # --------------------------------------------------------------------------------------- results
     def to_coco_results(self, preds: list[dict[str, Tensor]], image_ids) -> list[dict]:
@@ -339,6 +393,27 @@ class DetectionTask(BaseTask):
         path = folder / name
         path.write_text(json.dumps(merged))
         rank_zero_info(f"wrote {len(merged)} detections to {path}")
+
+def _class_note(has_ap: bool, detections: int) -> str:
+    """What a class's AP and detection count say beyond its AP (COCO gives no AP without ground truth)."""
+    if not has_ap:
+        return "not in the ground truth" if detections else "absent"
+    return "never predicted" if detections == 0 else ""
+
+
+def _detections_per_class(metric: COCOMeanAveragePrecision, num_classes: int) -> list[int]:
+    """The detections of each class that ``metric`` holds, over all processes (each image once when the metric
+    has image ids). Collective under DDP, like ``compute``: every rank calls it."""
+    with metric.sync_context(dist_sync_fn=metric.dist_sync_fn, process_group=metric.process_group,
+                             should_sync=metric.sync_on_compute, distributed_available=metric.distributed_available_fn):
+        order = metric._image_order()
+        labels = list(metric.detection_labels)
+        if order is not None:
+            labels = [labels[i] for i in order]
+        flat = torch.cat([t.reshape(-1).long().cpu() for t in labels]) if labels else torch.zeros(0, dtype=torch.long)
+    flat = flat[(flat >= 0) & (flat < num_classes)]
+    return torch.bincount(flat, minlength=num_classes).tolist()
+
 
 def gather_results(trainer, results: list[dict]) -> list[dict] | None:
     """Every rank's ``results`` merged by :func:`merge_results` on rank 0 (``None`` on the other ranks).

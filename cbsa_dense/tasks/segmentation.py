@@ -20,6 +20,7 @@ from cbsa_dense.models.heads.seg_head_base import SegHeadFactory
 from cbsa_dense.models.segmentor import Segmentor
 from cbsa_dense.tasks.base import BaseTask, adopt_evaluation, run_dir, under_cli
 from cbsa_dense.tasks.eval_protocol import SegEvaluation, evaluation_from
+from cbsa_dense.tasks.reporting import LastValidationReport, per_class_keys
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ class SegmentationTask(BaseTask):
     resized to the ORIGINAL annotation size and accumulated in a dataset-level confusion matrix; mIoU,
     aAcc and mAcc (MMSegmentation's definitions, fractions) are logged once per epoch as ``val_miou``,
     ``val_aacc``, ``val_macc`` (``test_*`` in test, plus a per-class IoU table printed and saved as
-    ``test_per_class_iou.json`` in the log dir). Predict writes label PNGs at the original image size in
+    ``test_per_class_iou.json`` in the log dir). Every validation also logs each class's IoU as
+    ``val_iou_<class>`` (the class name with other characters than letters, digits and ``_`` replaced by
+    ``_``; a class with neither labelled nor predicted pixels has no IoU and is not logged), and ``fit``
+    prints the per-class table of its last validation at its end (once, rank 0): a class the model never
+    predicts shows there as "never predicted", which the mean alone hides. Predict writes label PNGs at the original image size in
     the dataset's annotation convention (``k + 1`` for ``reduce_zero_label`` data) to
     ``<predict_dir>/labels`` and colour overlays to ``<predict_dir>/overlays``.
 
@@ -70,7 +75,7 @@ class SegmentationTask(BaseTask):
     #: the protocol this task evaluates with (the datamodules of the same kind declare it too)
     evaluation_type = SegEvaluation
 
-    def __init__(self, encoder: Encoder, head: SegHeadFactory, num_classes: int,
+    def __init__(self, encoder: Encoder, head: SegHeadFactory, num_classes: int | None = None,
                  evaluation: SegEvaluation | None = None,
                  predict_dir: str | None = None, overlay_alpha: float = 0.5,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
@@ -84,12 +89,17 @@ class SegmentationTask(BaseTask):
         # (:mod:`cbsa_dense.cli.stored_run`). Built outside the CLI, the parts are objects, not configs.
         ignore = ["predict_dir", "overlay_alpha"]
         self.save_hyperparameters(ignore=ignore + ([] if under_cli() else ["encoder", "head", "evaluation"]))
+        if num_classes is None:                # the CLI links it from the data; a config never states it
+            raise ConfigError("SegmentationTask needs num_classes (the data's class count; the CLI links it)")
         self.model = Segmentor(encoder, head, num_classes)
         self.num_classes = int(num_classes)
         self._evaluation = evaluation_from(SegEvaluation, evaluation)
         self.predict_dir = predict_dir
         self.overlay_alpha = overlay_alpha
         self.val_metrics = SegmentationMetrics(self.num_classes)
+        #: the logged per-class metric keys (``val_iou_<class>``), which progress lines leave out
+        self.per_class_metric_keys: set[str] = set()
+        self._last_validation = LastValidationReport()
         self.all_ignored_batches = 0          # training batches without any labelled pixel (see training_step)
         self.test_metrics = SegmentationMetrics(self.num_classes)
         self.apply_freeze()
@@ -194,7 +204,19 @@ class SegmentationTask(BaseTask):
         self._eval_step(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_scores(self.val_metrics, "val")
+        scores = self._log_scores(self.val_metrics, "val")
+        keys = per_class_keys(self._class_names(), "val_iou_", taken=("val_miou", "val_aacc", "val_macc"))
+        for key, iou in zip(keys, scores["iou"].tolist()):
+            if iou == iou:                        # NaN: neither labelled nor predicted, nothing to score
+                self.log(key, float(iou), sync_dist=False)
+                self.per_class_metric_keys.add(key)
+        self._last_validation.remember(self._trainer, scores)
+
+    def on_validation_end(self) -> None:
+        self._last_validation.after_validation(self.trainer, self._report_per_class)
+
+    def on_train_end(self) -> None:
+        self._last_validation.at_train_end(self._report_per_class)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics)
@@ -203,25 +225,59 @@ class SegmentationTask(BaseTask):
         scores = self._log_scores(self.test_metrics, "test")
         self._report_per_class(scores)
 
+    def _class_names(self) -> list[str]:
+        names = self._datamodule_attr("class_names", None) or (getattr(self, "data_info", None) or {}).get(
+            "class_names")
+        names = list(names or [])
+        return names if len(names) == self.num_classes else [f"class_{i}" for i in range(self.num_classes)]
+
     @rank_zero_only
-    def _report_per_class(self, scores: dict) -> None:
-        names = self._datamodule_attr("class_names", [f"class_{i}" for i in range(self.num_classes)])
-        rows = [{"class": name, "iou": _nan_to_none(iou), "acc": _nan_to_none(acc)}
-                for name, iou, acc in zip(names, scores["iou"].tolist(), scores["acc"].tolist())]
-        report = {"mIoU": _nan_to_none(scores["miou"].item()), "aAcc": _nan_to_none(scores["aacc"].item()),
-                  "mAcc": _nan_to_none(scores["macc"].item()), "per_class": rows}
-        out_dir = run_dir(self.trainer)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "test_per_class_iou.json").write_text(json.dumps(report, indent=1))
+    def _report_per_class(self, scores: dict, stage: str = "test", step: int | None = None) -> None:
+        """Print the per-class IoU / Acc table of ``scores`` (:meth:`SegmentationMetrics.compute`); ``test`` also
+        saves it as ``test_per_class_iou.json`` in the run's folder, ``fit`` prints its last validation's.
+
+        A class with labelled pixels that the model never predicts gets the note "never predicted" (its IoU is 0
+        because the model does not output it at all), one predicted but not in the ground truth "not in the
+        ground truth", one with neither "absent" (no IoU: left out of the mean)."""
+        names = self._class_names()
+        pred = scores.get("pred_pixels")
+        label = scores.get("label_pixels")
+        pred = pred.tolist() if pred is not None else [None] * len(names)
+        label = label.tolist() if label is not None else [None] * len(names)
+        rows = []
+        for name, iou, acc, n_pred, n_label in zip(names, scores["iou"].tolist(), scores["acc"].tolist(), pred, label):
+            rows.append({"class": name, "iou": _nan_to_none(iou), "acc": _nan_to_none(acc),
+                         "predicted_pixels": n_pred, "labelled_pixels": n_label, "note": _class_note(n_pred, n_label)})
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"per-class IoU (saved to {out_dir / 'test_per_class_iou.json'})")
-        for col in ("class", "IoU %", "Acc %"):
-            table.add_column(col, justify="left" if col == "class" else "right")
+        if stage == "test":
+            report = {"mIoU": _nan_to_none(scores["miou"].item()), "aAcc": _nan_to_none(scores["aacc"].item()),
+                      "mAcc": _nan_to_none(scores["macc"].item()), "per_class": rows}
+            out_dir = run_dir(self.trainer)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "test_per_class_iou.json").write_text(json.dumps(report, indent=1))
+            title = f"per-class IoU (saved to {out_dir / 'test_per_class_iou.json'})"
+        else:
+            at = f" (step {step})" if step is not None else ""
+            title = (f"per-class IoU of the last validation{at}: mIoU {_percent(scores['miou'].item())}, "
+                     f"aAcc {_percent(scores['aacc'].item())}, mAcc {_percent(scores['macc'].item())}")
+        from rich.text import Text
+
+        table = Table()
+        for col in ("class", "IoU %", "Acc %", "note"):
+            table.add_column(col, justify="right" if col.endswith("%") else "left")
         for row in rows:
-            table.add_row(row["class"], *("-" if v is None else f"{100 * v:.2f}" for v in (row["iou"], row["acc"])))
-        Console().print(table)
+            table.add_row(Text(str(row["class"])),
+                          *("-" if v is None else f"{100 * v:.2f}" for v in (row["iou"], row["acc"])),
+                          row["note"], style="bold red" if row["note"] == "never predicted" else None)
+        console = Console()
+        console.print(title, soft_wrap=True, markup=False, highlight=False)
+        console.print(table)
+        never = [row["class"] for row in rows if row["note"] == "never predicted"]
+        if never:
+            console.print(f"never predicted: {', '.join(never)} (no pixel predicted as {'them' if len(never) > 1 else 'it'}: "
+                          f"IoU 0)", soft_wrap=True, markup=False, highlight=False)
 
     # --------------------------------------------------------------------------------------- predict
     def _datamodule_attr(self, name: str, default=None):
@@ -248,12 +304,29 @@ class SegmentationTask(BaseTask):
                 for scores, path in zip(self.predict_scores(batch), batch["path"])]
 
     def configure_callbacks(self) -> list:
-        """``predict`` writes its files through :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter`."""
+        """``predict`` writes its files through :class:`~cbsa_dense.callbacks.prediction_writer.PredictionWriter`;
+        ``fit`` logs at least once per epoch (:class:`~cbsa_dense.callbacks.fit_log_interval.FitLogInterval`)."""
+        from cbsa_dense.callbacks.fit_log_interval import FitLogInterval
         from cbsa_dense.callbacks.prediction_writer import PredictionWriter
 
-        return [PredictionWriter()]
+        return [PredictionWriter(), FitLogInterval()]
 
 
 def _nan_to_none(value: float) -> float | None:
     return None if value != value else float(value)
+
+
+def _percent(value: float) -> str:
+    return "-" if value != value else f"{100 * value:.2f}"
+
+
+def _class_note(predicted: int | None, labelled: int | None) -> str:
+    """What a class's pixel counts say beyond its IoU."""
+    if predicted is None or labelled is None:
+        return ""
+    if labelled > 0 and predicted == 0:
+        return "never predicted"
+    if labelled == 0:
+        return "not in the ground truth" if predicted > 0 else "absent"
+    return ""
 
