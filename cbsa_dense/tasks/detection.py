@@ -283,15 +283,17 @@ class DetectionTask(BaseTask):
             src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
             dst = f"{prefix}_" if iou_type == "bbox" else f"{prefix}_segm_"
             logged.update({dst + ours: float(result[src + theirs]) for theirs, ours in {**_LOGGED, mar: mar}.items()})
+        # The metric's states are synced over the ranks: every rank holds the same numbers, so the mean over the
+        # ranks (sync_dist) is that value; without it Lightning warns under DDP, once per key.
         headline = {f"{prefix}_map", f"{prefix}_map_50"}
-        self.log_dict({k: v for k, v in logged.items() if k in headline}, prog_bar=True)
-        self.log_dict({k: v for k, v in logged.items() if k not in headline})
+        self.log_dict({k: v for k, v in logged.items() if k in headline}, prog_bar=True, sync_dist=True)
+        self.log_dict({k: v for k, v in logged.items() if k not in headline}, sync_dist=True)
         for iou_type in self.iou_types:
             base = f"{prefix}_map_" if iou_type == "bbox" else f"{prefix}_segm_map_"
             keys = per_class_keys(self._class_names(), base, taken=logged)
             for key, (ap, _) in zip(keys, self._per_class(result, iou_type)):
                 if ap is not None:
-                    self.log(key, ap)
+                    self.log(key, ap, sync_dist=True)
                     self.per_class_metric_keys.add(key)
         return result, detections
 

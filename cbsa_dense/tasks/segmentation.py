@@ -195,8 +195,10 @@ class SegmentationTask(BaseTask):
 
     def _log_scores(self, metrics: SegmentationMetrics, prefix: str) -> dict:
         scores = metrics.compute()
+        # The metric's states are summed over the ranks: every rank holds the same scores, so the mean over the
+        # ranks (sync_dist) is that value; without it Lightning warns under DDP, once per key.
         for key in ("miou", "aacc", "macc"):
-            self.log(f"{prefix}_{key}", scores[key].float(), prog_bar=key == "miou", sync_dist=False)
+            self.log(f"{prefix}_{key}", scores[key].float(), prog_bar=key == "miou", sync_dist=True)
         metrics.reset()
         return scores
 
@@ -208,7 +210,7 @@ class SegmentationTask(BaseTask):
         keys = per_class_keys(self._class_names(), "val_iou_", taken=("val_miou", "val_aacc", "val_macc"))
         for key, iou in zip(keys, scores["iou"].tolist()):
             if iou == iou:                        # NaN: neither labelled nor predicted, nothing to score
-                self.log(key, float(iou), sync_dist=False)
+                self.log(key, float(iou), sync_dist=True)
                 self.per_class_metric_keys.add(key)
         self._last_validation.remember(self._trainer, scores)
 
