@@ -252,6 +252,7 @@ class SegmentationTask(BaseTask):
                          "predicted_pixels": n_pred, "labelled_pixels": n_label, "note": _class_note(n_pred, n_label)})
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         if stage == "test":
             report = {"mIoU": _nan_to_none(scores["miou"].item()), "aAcc": _nan_to_none(scores["aacc"].item()),
@@ -264,8 +265,6 @@ class SegmentationTask(BaseTask):
             at = f" (step {step})" if step is not None else ""
             title = (f"per-class IoU of the last validation{at}: mIoU {_percent(scores['miou'].item())}, "
                      f"aAcc {_percent(scores['aacc'].item())}, mAcc {_percent(scores['macc'].item())}")
-        from rich.text import Text
-
         table = Table()
         for col in ("class", "IoU %", "Acc %", "note"):
             table.add_column(col, justify="right" if col.endswith("%") else "left")
