@@ -47,14 +47,25 @@ that the training wrote to: the evaluation sits with the run it evaluates, one f
   an evaluation does not resume training, so none of them is missing.
 * Under DDP every process re-runs the command; the launched processes inherit the folder name from the
   first (``CBSA_DENSE_EVAL_FOLDER``), so all ranks agree. Only rank 0 prints.
+* The command prints where its outputs are: ``--model.init_args.predict_dir`` (segmentation ``predict``:
+  ``labels/``, ``overlays/``) or ``results_dir`` (detection ``test``/``predict``) when set, else the evaluation
+  folder; when they differ, the evaluation folder (config, logs) is printed on a second line.
+* A command that fails before writing anything the user asked for leaves no folder behind that it created:
+  :func:`discard_failed_evaluation` (around the command) removes the evaluation folder when it holds only the
+  run's own bookkeeping (``config.yaml``, ``hparams.yaml``, TensorBoard event files), an output folder it
+  created that is still empty, and the parents it created for them (``eval/``, ``lightning_logs/``) once empty.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -62,7 +73,8 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-__all__ = ["EVAL_FOLDER_ENV", "prepare_eval_run", "set_eval_logger_versions"]
+__all__ = ["EVAL_FOLDER_ENV", "prepare_eval_run", "set_eval_logger_versions", "discard_failed_evaluation",
+           "outputs_location"]
 
 #: Environment variable through which DDP processes launched by the first one get its folder name.
 EVAL_FOLDER_ENV = "CBSA_DENSE_EVAL_FOLDER"
@@ -215,18 +227,33 @@ def set_eval_logger_versions(trainer_config, subcommand: str, ckpt_path: str | o
     return versioned[0][2] / folder
 
 
+def outputs_location(subcommand: str, model, directory: Path) -> Path:
+    """Where ``subcommand``'s outputs go: the task's ``predict_dir`` (segmentation ``predict``: ``labels/``,
+    ``overlays/``) or ``results_dir`` (detection ``test`` results json, ``predict`` json and overlays) when set,
+    else ``directory`` (the evaluation folder, where the tasks write by default)."""
+    chosen = None
+    if subcommand == "predict":
+        chosen = getattr(model, "predict_dir", None) or getattr(model, "results_dir", None)
+    elif subcommand == "test":
+        chosen = getattr(model, "results_dir", None)
+    return Path(chosen) if chosen else directory
+
+
 @rank_zero_only
-def _announce(subcommand: str, directory: Path) -> None:
-    print(f"{subcommand} outputs: {directory}", flush=True)
+def _announce(subcommand: str, outputs: Path, directory: Path) -> None:
+    print(f"{subcommand} outputs: {outputs}", flush=True)
+    if outputs != directory:
+        print(f"{subcommand} config and logs: {directory}", flush=True)
 
 
 def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | None,
-                     checkpoint: dict | None = None) -> Path:
+                     checkpoint: dict | None = None, model=None) -> Path:
     """Replace the checkpoint callbacks of the trainer of ``validate``/``test``/``predict`` by inert takers of
     their saved states (and take the saved states of the training's other callbacks that the evaluation runs
-    without the same way), print ``<subcommand> outputs: <dir>`` (rank 0; its loggers were pointed at the
-    evaluation folder by :func:`set_eval_logger_versions`) and return the folder. ``checkpoint``:
-    ``ckpt_path`` already read by the caller.
+    without the same way), print ``<subcommand> outputs: <dir>`` (rank 0: :func:`outputs_location` of ``model``;
+    its loggers were pointed at the evaluation folder by :func:`set_eval_logger_versions`) and return the
+    evaluation folder. ``checkpoint``: ``ckpt_path`` already read by the caller. Under
+    :func:`discard_failed_evaluation`, the folders not there yet are noted, to be removed if the command fails.
 
     Call it after the trainer is built and before it runs (``LightningCLI.before_<subcommand>``).
     """
@@ -241,5 +268,87 @@ def prepare_eval_run(trainer, subcommand: str, ckpt_path: str | os.PathLike | No
         directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
     else:
         directory = Path(trainer.default_root_dir)                   # logger: false
-    _announce(subcommand, directory)
+    outputs = outputs_location(subcommand, model, directory)
+    noted = _NEW_FOLDERS.get()
+    if noted is not None:
+        for logger in trainer.loggers:
+            log_dir = getattr(logger, "log_dir", None)
+            if log_dir:
+                noted.add_new(Path(log_dir), bookkeeping=True)
+        noted.add_new(outputs, bookkeeping=outputs == directory)
+    _announce(subcommand, outputs, directory)
     return directory
+
+
+#: Files a run writes into its folder before any work: the folder holding only these has no results.
+_BOOKKEEPING = ("config.yaml", "hparams.yaml", "metrics.csv")
+_BOOKKEEPING_PREFIXES = ("events.out.tfevents.", ".cbsa-dense-write-test-")
+
+
+class _NewFolders:
+    """Folders an evaluation is about to create, each with the topmost of its parents not there yet."""
+
+    def __init__(self) -> None:
+        self.folders: list[tuple[Path, Path, bool]] = []
+
+    def add_new(self, folder: Path, bookkeeping: bool) -> None:
+        folder = folder.absolute()
+        if folder.exists():
+            return
+        top = folder
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        self.folders.append((folder, top, bookkeeping))
+
+    def discard(self) -> None:
+        """Remove each noted folder that holds no result (only bookkeeping files, or nothing), then its empty
+        parents up to the topmost one the evaluation created."""
+        for folder, top, bookkeeping in self.folders:
+            if not folder.is_dir() or _holds_results(folder, bookkeeping):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            parent = folder.parent
+            while folder != top and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                if parent == top:
+                    break
+                parent = parent.parent
+
+
+def _holds_results(folder: Path, bookkeeping: bool) -> bool:
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            continue
+        if not bookkeeping or not (path.name in _BOOKKEEPING and (path.name != "metrics.csv" or _empty_csv(path))
+                                   or path.name.startswith(_BOOKKEEPING_PREFIXES)):
+            return True
+    return False
+
+
+def _empty_csv(path: Path) -> bool:
+    """A metrics.csv without a logged row (at most its header line)."""
+    try:
+        return len(path.read_text().strip().splitlines()) <= 1
+    except OSError:
+        return False
+
+
+_NEW_FOLDERS: contextvars.ContextVar[_NewFolders | None] = contextvars.ContextVar("cbsa_dense_eval_folders",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def discard_failed_evaluation() -> Iterator[None]:
+    """Around a ``validate``/``test``/``predict`` command: when it raises, the folders it created for its outputs
+    (noted by :func:`prepare_eval_run`) are removed unless they hold results (see the module doc). Rank 0
+    only; the error propagates unchanged."""
+    noted = _NewFolders()
+    token = _NEW_FOLDERS.set(noted)
+    try:
+        yield
+    except BaseException:
+        if not _is_launched_rank():
+            noted.discard()
+        raise
+    finally:
+        _NEW_FOLDERS.reset(token)
