@@ -42,7 +42,7 @@ def test_fit_composes_once(calls):
 
 def test_help_composes_once(calls):
     with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
-        main(["--help"])
+        main(["fit", "--config", "demo_seg.yaml", "--help"])
     assert calls["compose_config_args"] == 1
 
 

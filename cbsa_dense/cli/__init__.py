@@ -2,8 +2,9 @@
 
 Modules:
 
-- :mod:`~cbsa_dense.cli.entry`: :func:`main`, the console script (one-line user errors, exit status 2); plain
-  subcommands are dispatched without importing Lightning.
+- :mod:`~cbsa_dense.cli.entry`: :func:`main`, the console script (one-line user errors, exit status 2); the
+  top-level ``--help`` / ``--version``, the plain subcommands, missing config files and ``--ckpt_path`` files are
+  answered without importing Lightning.
 - :mod:`~cbsa_dense.cli.lightning_cli`: ``fit``/``validate``/``test``/``predict``
   (:class:`~cbsa_dense.cli.lightning_cli.CBSADenseCLI`, a ``LightningCLI``); imported only for them.
 - :mod:`~cbsa_dense.cli.config_files`: config lookup by name and ``_base_`` composition.

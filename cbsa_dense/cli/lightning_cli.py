@@ -7,11 +7,11 @@ and the other plain commands start without importing Lightning.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from jsonargparse import ArgumentError, Namespace
@@ -24,6 +24,8 @@ from cbsa_dense.callbacks.preemption import PreemptionCheckpoint
 from cbsa_dense.cli.checks import check_writable
 from cbsa_dense.cli.config_blame import config_error_context
 from cbsa_dense.cli.config_files import compose_config_args
+from cbsa_dense.cli.entry import quick_help_kwargs
+from cbsa_dense.cli.eval_runs import discard_failed_evaluation
 from cbsa_dense.cli.null_patch import read_nested_null_as_yaml
 from cbsa_dense.cli.stored_run import (
     ServedCheckpointIO,
@@ -64,8 +66,12 @@ class CBSADenseCLI(LightningCLI):
         # Parse errors come back to parse_arguments (main parser and each subcommand's), to be told in one line.
         parser_kwargs = dict(kwargs.get("parser_kwargs") or {})
         parser_kwargs.setdefault("exit_on_error", False)
+        for key, value in quick_help_kwargs().items():          # the subcommands' help keeps its quick block
+            parser_kwargs.setdefault(key, value)
         for subcommand in ("fit", "validate", "test", "predict"):
-            parser_kwargs[subcommand] = {"exit_on_error": False, **(parser_kwargs.get(subcommand) or {})}
+            # `<subcommand> --help`: a one-line usage and the few options a user sets first, then Lightning's list
+            parser_kwargs[subcommand] = {"exit_on_error": False, **quick_help_kwargs(subcommand),
+                                         **(parser_kwargs.get(subcommand) or {})}
         kwargs["parser_kwargs"] = parser_kwargs
         if stored_run is NOT_PREPARED:
             stored_run = None
@@ -216,7 +222,7 @@ class CBSADenseCLI(LightningCLI):
         from cbsa_dense.cli.eval_runs import prepare_eval_run
 
         prepare_eval_run(self.trainer, self.subcommand, self.config[self.subcommand].get("ckpt_path"),
-                         self._stored.checkpoint if self._stored is not None else None)
+                         self._stored.checkpoint if self._stored is not None else None, model=self.model)
         evaluation = getattr(self.model, "evaluation", None)
         if evaluation is not None and self.trainer.is_global_zero:
             origin = f" (stored in {self._stored.path} unless set by a config or the command line)" if self._stored else ""
@@ -315,27 +321,25 @@ def register_short_names() -> None:
     the project's tasks, datamodules, encoders, heads, necks, layers and callbacks by class name alone
     (``--model SegmentationTask``, ``class_path: CBTDecoder``): jsonargparse resolves a short name among the
     imported subclasses of the expected type."""
-    for module in ("cbsa_dense.tasks", "cbsa_dense.data", "cbsa_dense.models", "cbsa_dense.layers",
-                   "cbsa_dense.callbacks", "cbsa_dense.tasks.schedulers", "cbsa_dense.tasks.sliding_window"):
+    for module in ("cbsa_dense.tasks.segmentation", "cbsa_dense.tasks.detection", "cbsa_dense.data",
+                   "cbsa_dense.models", "cbsa_dense.layers", "cbsa_dense.callbacks", "cbsa_dense.tasks.schedulers",
+                   "cbsa_dense.tasks.sliding_window"):
         importlib.import_module(module)
 
 
-def run(argv: list[str], from_console: bool, overwrite: bool = False,
-        extra_help: Callable[[], None] = lambda: None) -> int:
-    """Run a training subcommand (``argv[0]`` in fit/validate/test/predict, or ``--help``)."""
+def run(argv: list[str], from_console: bool, overwrite: bool = False, composed: bool = False) -> int:
+    """Run a training subcommand (``argv[0]`` in fit/validate/test/predict). ``composed``: the caller (the entry
+    point) ran :func:`~cbsa_dense.cli.config_files.compose_config_args` on ``argv`` already."""
     # Every --config: a file or a shipped name, a YAML mapping, its _base_ files too (one-line errors naming the
     # file); shipped names -> files, _base_ -> composed YAML text, --trainer presets -> their trainer section.
-    argv = compose_config_args(argv)
+    if not composed:
+        argv = compose_config_args(argv)
     if from_console:                      # DDP ranks re-run the command as given (each reads its --ckpt_path)
         sys.argv[1:] = argv
-    if argv and argv[0] in ("-h", "--help"):
-        try:
-            CBSADenseCLI(args=None if from_console else argv, stored_run=None)    # composed; no checkpoint
-        except SystemExit:
-            extra_help()
-            raise
     parsed, stored = prepare_args(argv)   # --ckpt_path read once; its task config replayed as defaults
-    with config_error_context(parsed), warnings.catch_warnings():   # a parse error names the config file
+    evaluating = bool(argv) and argv[0] in ("validate", "test", "predict")
+    with config_error_context(parsed), warnings.catch_warnings(), \
+            (discard_failed_evaluation() if evaluating else contextlib.nullcontext()):   # no stub folder on failure
         # the parsed arguments differ from sys.argv (the replay), which LightningCLI warns about
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         CBSADenseCLI(args=parsed, overwrite=overwrite, stored_run=stored)
