@@ -1,11 +1,37 @@
 """LightningModules (systems): they own losses, metrics and optimization, and assemble their model the same
-way: an encoder that declares its outputs, and head (and neck) factories built from them."""
+way: an encoder that declares its outputs, and head (and neck) factories built from them.
 
-from cbsa_dense.tasks.base import BaseTask
-from cbsa_dense.tasks.detection import DetectionTask
-from cbsa_dense.tasks.schedulers import WarmupCosineLR, WarmupPolyLR, WarmupStepLR
-from cbsa_dense.tasks.segmentation import SegmentationTask
-from cbsa_dense.tasks.sliding_window import SlidingWindowInference
+The names below are imported from their modules on first use, so importing one task (a segmentation
+checkpoint loads :mod:`cbsa_dense.tasks.segmentation` only) or :mod:`cbsa_dense.tasks.eval_protocol` does not
+import the others (detection pulls in torchvision's detection models).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Public name -> the module defining it.
+_HOMES = {
+    "BaseTask": "cbsa_dense.tasks.base",
+    "DetectionTask": "cbsa_dense.tasks.detection",
+    "SegmentationTask": "cbsa_dense.tasks.segmentation",
+    "SlidingWindowInference": "cbsa_dense.tasks.sliding_window",
+    "WarmupCosineLR": "cbsa_dense.tasks.schedulers",
+    "WarmupPolyLR": "cbsa_dense.tasks.schedulers",
+    "WarmupStepLR": "cbsa_dense.tasks.schedulers",
+}
 
 __all__ = ["BaseTask", "DetectionTask", "SegmentationTask", "SlidingWindowInference", "WarmupCosineLR",
            "WarmupPolyLR", "WarmupStepLR"]
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cbsa_dense.tasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

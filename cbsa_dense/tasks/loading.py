@@ -14,13 +14,17 @@ import importlib
 import inspect
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from lightning.pytorch import LightningModule
 
 from cbsa_dense.errors import CheckpointError, ConfigError, UserError
-from cbsa_dense.models.checkpoint import read_checkpoint
-from cbsa_dense.tasks.checkpoint_format import task_hparams
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
+
+# Lightning, the models and the task modules are imported when a checkpoint is rebuilt, not with this module:
+# only the task class the checkpoint names is imported (a segmentation checkpoint needs no detection code).
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -
         CheckpointError: no such file (also a ``FileNotFoundError``), a directory, a truncated or foreign
             file, or not a Lightning checkpoint of a LightningCLI-built task (names the file).
     """
+    from cbsa_dense.models.checkpoint import read_checkpoint
+
     path = Path(ckpt_path)
     # A weights-only read (LightningCLI stores plain hyper-parameters), with one-line errors for bad files.
     checkpoint = read_checkpoint(path, mmap=True)
@@ -59,6 +65,8 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str |
     Raises:
         CheckpointError: not a Lightning checkpoint of a LightningCLI-built cbsa_dense task (names the file).
     """
+    from cbsa_dense.tasks.checkpoint_format import task_hparams
+
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'; top-level keys "
                               f"{list(checkpoint)[:8]}): give a checkpoint written by cbsa-dense fit")
@@ -82,6 +90,7 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path, map_location: str |
     if unknown:
         raise ConfigError(f"{', '.join(map(repr, unknown))} is not an argument of {name} (the task {path} holds)")
     config.update(overrides)
+    from lightning.pytorch import LightningModule
     from lightning.pytorch.cli import instantiate_module
 
     try:
