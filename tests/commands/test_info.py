@@ -29,7 +29,7 @@ PAPER = {"tiny": (512, 1_481_428_800, 2 * 1024 * 192 * 150, 1.5),
 
 
 def info(capsys, *args: str) -> dict:
-    assert main(["info", *args]) == 0
+    assert main(["info", "--json", *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
