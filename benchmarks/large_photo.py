@@ -1,19 +1,20 @@
 #!/usr/bin/env python
 """A detection checkpoint on one large photo: shrunk to the training input size (``shrunk``: longest side to
-``image_size``, as ``eval_mode: resize`` does), whole at its own size (``native``) or in overlapping tiles
-(``tiled``): time, peak memory, detections found and COCO AP against the photo's boxes.
+``image_size``, as the evaluation ``mode: resize`` does), whole at its own size (``native``) or in overlapping
+tiles (``tiled``): time, peak memory, detections found and COCO AP against the photo's boxes.
 
     python benchmarks/large_photo.py --ckpt RUN/checkpoints/last.ckpt --json TREES/full.json \
-        --images TREES/images --image 2019_YELL_2_528000_4978000_image_crop2 [--modes resize native tiled]
+        --images TREES/images --image 2019_YELL_2_528000_4978000_image_crop2 [--modes shrunk native tiled]
         [--threshold 0.3] [--max-dets 1000] [--threads 2] [--out results.json]
 
 Each mode runs in a fresh process (the peak is the growth of the process's resident set during the
 prediction, as in ``cbsa-dense benchmark``; the time is one prediction after a warm-up on a 64 px image).
 AP, AP50 and AR are pycocotools' at ``--max-dets`` detections (the photo's crowns can outnumber COCO's 100);
-the head keeps at most ``--max-dets`` per image (per tile when tiled). The checkpoint's own protocol is
-replaced by each mode; ``--encoder-only`` also measures one forward pass of the encoder alone, as stored
-(CBSA) and with softmax attention in every block (random weights, no AP), at the photo's size times
-``--encoder-scale`` (softmax's quadratic time makes the full size slow on a CPU).
+the head keeps at most ``--max-dets`` per image (per tile when tiled). The checkpoint's evaluation protocol
+is changed for each mode (its ``mode``, ``tile_overlap`` where given, ``max_detection_thresholds`` [1, 10,
+``--max-dets``]); ``--encoder-only`` also measures one forward pass of the encoder alone, as stored (CBSA) and
+with softmax attention in every block (random weights, no AP), at the photo's size times ``--encoder-scale``
+(softmax's quadratic time makes the full size slow on a CPU).
 """
 
 from __future__ import annotations
@@ -35,17 +36,19 @@ def _one(args: argparse.Namespace) -> dict:
 
     import cbsa_dense
     from cbsa_dense.benchmark.timing import peak_memory_mb
+    from cbsa_dense.tasks.eval_protocol import replace_fields
 
     torch.set_num_threads(args.threads)
     model = cbsa_dense.load(args.ckpt)
     image = np.asarray(Image.open(Path(args.images) / f"{args.image}.png").convert("RGB"))
     if args.mode == "shrunk":           # the resize protocol, also for a model trained at native size
-        model.eval_mode = "native"
-        model.native_scale = model.image_size / max(image.shape[:2])
+        settings = {"mode": "native", "native_scale": model.image_size / max(image.shape[:2])}
     else:
-        model.eval_mode = args.mode
+        settings = {"mode": args.mode}
     if args.tile_overlap is not None:
-        model.tile_overlap = args.tile_overlap
+        settings["tile_overlap"] = args.tile_overlap
+    settings["max_detection_thresholds"] = [1, 10, args.max_dets]     # as scored below (the protocol says so)
+    model.evaluation = replace_fields(model.evaluation, **settings)        # all at once, checked together
     head = model.task.model.head
     for name in ("detections_per_img",):
         if hasattr(head, name):

@@ -148,7 +148,8 @@ def tiny_ckpt(tmp_path_factory, coco_root) -> tuple[Path, Path]:
     """One training step of a tiny FCOS through the CLI, with crowded-scene detection limits."""
     run = tmp_path_factory.mktemp("tiny_det")
     config = _config(run, coco_root)
-    assert main(["fit", "--config", config, "--model.init_args.max_detection_thresholds", "[1, 10, 300]"]) == 0
+    assert main(["fit", "--config", config,
+                 "--model.init_args.evaluation.max_detection_thresholds", "[1, 10, 300]"]) == 0
     return next((run / "run").rglob("*.ckpt")), run
 
 

@@ -195,8 +195,8 @@ def test_score_seg_with_an_absurd_class_count(tmp_path, capsys):
 # --- task settings -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("inference.init_args.stride", "[200, 200]", "larger than window"),
-    ("inference.init_args.window_batch", "0", "window_batch=0"),
+    ("evaluation.stride", "[200, 200]", "larger than window"),
+    ("evaluation.window_batch", "0", "window_batch=0"),
     ("lr_scheduler.init_args.power", "-1", "power=-1.0"),
     ("lr_scheduler.init_args.min_lr_ratio", "2", "min_lr_ratio=2.0"),
 ])

@@ -18,7 +18,8 @@ def test_the_stored_task_config_is_replayed_once_as_defaults(seg_ckpt):
     assert stored.path == str(seg_ckpt) and "state_dict" in stored.checkpoint
     assert model["class_path"].endswith(".SegmentationTask")
     assert model["init_args"]["head"]["class_path"].endswith(".CBTDecoder")
-    assert model["init_args"]["inference"]["init_args"]["window"] == [96, 96]     # evaluation: a stored argument
+    assert model["init_args"]["evaluation"]["window"] == [96, 96]     # evaluation: a stored argument
+    assert model["init_args"]["evaluation"]["scale"] is None
     assert "num_classes" not in model["init_args"]          # set by the data (linked), not replayed
     assert prepare_args(["fit", "--ckpt_path", "last"]) == (["fit", "--ckpt_path", "last"], None)   # Lightning's
 
@@ -27,17 +28,17 @@ def test_precedence_command_line_over_config_over_checkpoint(seg_run, seg_ckpt, 
     """A config that sets only the evaluation (no encoder, no head) builds on the checkpoint's task config, and
     the command line overrides both."""
     config = tmp_path / "eval.yaml"
-    config.write_text("model:\n  class_path: SegmentationTask\n  init_args:\n    inference:\n"
-                      "      class_path: SlidingWindowInference\n      init_args: {flip: true, window: [64, 64], "
-                      "stride: [32, 32]}\n")
+    config.write_text("model:\n  class_path: SegmentationTask\n  init_args:\n"
+                      "    evaluation: {flip: true, window: [64, 64], stride: [32, 32]}\n")
     capsys.readouterr()
     assert main(["test", "--ckpt_path", str(seg_ckpt), "--config", str(config), "--data", "DemoSegDataModule",
                  "--data.root", str(seg_run / "data"), "--data.num_train", "4", "--data.num_val", "2",
-                 "--model.init_args.inference.init_args.window", "[96, 96]", "--trainer.logger", "false",
+                 "--model.init_args.evaluation.window", "[96, 96]", "--trainer.logger", "false",
                  "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert ("inference sliding window 96x96, stride 32x32, scales [1.0], with flip (from the config/command line)"
-            in err), err
+    # window: command line; stride, flip: config; scale (the original size): checkpoint
+    assert (f"evaluation protocol (stored in {seg_ckpt} unless set by a config or the command line): original "
+            "size; sliding window 96x96, stride 32x32, scales [1.0], with flip" in err), err
 
 
 def test_a_checkpoint_of_the_first_release_is_replayed_in_the_one_assembly_layout(tmp_path):
@@ -56,7 +57,7 @@ def test_a_checkpoint_of_the_first_release_is_replayed_in_the_one_assembly_layou
     assert init["encoder"]["init_args"] == {"depth": 1} and "model" not in init and "num_classes" not in init
     assert init["head"] == {"class_path": "cbsa_dense.models.heads.cbt_decoder.CBTDecoder",
                             "init_args": {"n_layers": 3}}
-    from cbsa_dense.models.checkpoint import stored_num_classes
+    from cbsa_dense.tasks.checkpoint_format import stored_num_classes
 
     assert stored_num_classes({"hyper_parameters": old}) == 150
 
@@ -96,25 +97,26 @@ def test_evaluation_protocol_travels_with_the_checkpoint(seg_run, seg_ckpt, tmp_
     common = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     main(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.demo_seg.DemoSegDataModule", *data,
           *common, "--trainer.default_root_dir", str(tmp_path / "bare")])
+    stored = (f"evaluation protocol (stored in {seg_ckpt} unless set by a config or the command line): ")
     err = capsys.readouterr().err
-    assert "inference sliding window 96x96, stride 64x64, scales [1.0], no flip (from the checkpoint)" in err
-    assert "eval_scale None (from the checkpoint)" in err
+    assert stored + "original size; sliding window 96x96, stride 64x64, scales [1.0], no flip" in err, err
     bare = json.loads((tmp_path / "bare" / "test_per_class_iou.json").read_text())["mIoU"]
     assert bare == pytest.approx(_best_val_miou(seg_ckpt), abs=1e-6)
 
     main(["test", "--config", str(ROOT / "configs" / "demo_seg.yaml"), "--ckpt_path", str(seg_ckpt),   # training config
           *[a.replace("--data.", "--data.init_args.") for a in data], *common,
           "--trainer.default_root_dir", str(tmp_path / "config")])
-    assert "(from the config/command line)" in capsys.readouterr().err
+    assert stored + "original size; sliding window 96x96, stride 64x64, scales [1.0], no flip" in (
+        capsys.readouterr().err)
     configured = json.loads((tmp_path / "config" / "test_per_class_iou.json").read_text())["mIoU"]
     assert configured == pytest.approx(bare, abs=1e-6)
 
     main(["test", "--ckpt_path", str(seg_ckpt), "--data", "cbsa_dense.data.demo_seg.DemoSegDataModule", *data,  # override
-          *common, "--model.init_args.inference", "cbsa_dense.tasks.sliding_window.SlidingWindowInference",
-          "--model.init_args.inference.flip", "true", "--trainer.default_root_dir", str(tmp_path / "flip")])
-    # the command line sets flip; the window it leaves unset stays the checkpoint's
-    assert ("inference sliding window 96x96, stride 64x64, scales [1.0], with flip (from the config/command line)"
-            in capsys.readouterr().err)
+          *common, "--model.init_args.evaluation.flip", "true",
+          "--trainer.default_root_dir", str(tmp_path / "flip")])
+    # the command line sets flip; the window (and the original size) it leaves unset stay the checkpoint's
+    assert stored + "original size; sliding window 96x96, stride 64x64, scales [1.0], with flip" in (
+        capsys.readouterr().err)
 
 
 def test_other_class_count_in_the_data_is_named(seg_run, seg_ckpt, tmp_path, capsys):

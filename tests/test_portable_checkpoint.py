@@ -78,20 +78,24 @@ def test_test_export_explain_and_loading_need_neither_the_file_nor_timm(offline,
     ckpt, data = offline["ckpt"], offline["data"]
     assert main(["test", "--ckpt_path", str(ckpt), "--data", "DemoSegDataModule", "--data.root", str(data),
                  "--data.num_train", "4", "--data.num_val", "2", *QUIET]) == 0
-    assert "inference sliding window 96x96, stride 64x64" in capsys.readouterr().err
+    assert (f"evaluation protocol (stored in {ckpt} unless set by a config or the command line): original size; "
+            "sliding window 96x96, stride 64x64" in capsys.readouterr().err)
     assert main(["export", "--ckpt_path", str(ckpt), "--format", "torchscript", "--output", "m.pt",
                  "--image-size", "96", "128"]) == 0
     assert main(["explain", "--ckpt_path", str(ckpt), "--images", str(data / "images" / "validation"),
                  "--max-images", "1", "--output", "explain"]) == 0
 
     from cbsa_dense.tasks import SegmentationTask
+    from cbsa_dense.tasks.eval_protocol import SegEvaluation
     from cbsa_dense.tasks.loading import load_task
 
     for task in (load_task(ckpt), SegmentationTask.load_from_checkpoint(ckpt)):
         assert tuple(task.inference.window) == (96, 96) and tuple(task.inference.stride) == (64, 64)
-    flipped = SegmentationTask.load_from_checkpoint(ckpt, inference={
-        "class_path": "cbsa_dense.tasks.sliding_window.SlidingWindowInference", "init_args": {"flip": True}})
+        assert task.evaluation.scale is None
+    flipped = SegmentationTask.load_from_checkpoint(ckpt, evaluation=SegEvaluation(flip=True))   # a whole protocol
     assert flipped.inference.flip and flipped.inference.window is None
+    flipped = SegmentationTask.load_from_checkpoint(ckpt, evaluation={"flip": True})   # fields of the stored one
+    assert flipped.inference.flip and tuple(flipped.inference.window) == (96, 96)
 
 
 def test_a_resumed_fit_does_not_read_the_pretrained_file(offline):
@@ -115,15 +119,22 @@ def test_an_older_checkpoint_naming_its_files_loads_without_them(portable, tmp_p
     hparams = checkpoint["hyper_parameters"]
     hparams["encoder"]["init_args"]["pretrained"] = str(portable["weights"])
     hparams["weights"] = str(tmp_path / "gone.ckpt")
-    checkpoint["eval_protocol"] = {"inference": hparams.pop("inference"),
-                                   "eval_scale": checkpoint["data_info"].pop("eval_scale")}
+    evaluation = hparams.pop("evaluation")                     # as it was kept then
+    checkpoint["eval_protocol"] = {
+        "inference": {"class_path": "cbsa_dense.tasks.sliding_window.SlidingWindowInference",
+                      "init_args": {k: evaluation[k]
+                                    for k in ("window", "stride", "scales", "flip", "window_batch")}},
+        "eval_scale": evaluation["scale"]}
     torch.save(checkpoint, tmp_path / "old.ckpt")
     task = load_task(tmp_path / "old.ckpt")
     assert task.model.encoder.embed_dim == 128 and tuple(task.inference.window) == (96, 96)
+    assert task.evaluation.scale is None                       # its eval_scale, not the (2048, 512) default
     replayed = json.loads(prepare_args(["test", "--ckpt_path", str(tmp_path / "old.ckpt")])[0][2])
     assert replayed["init_args"]["encoder"]["init_args"]["pretrained"] is None
     assert replayed["init_args"]["weights"] is None
-    assert replayed["init_args"]["inference"]["init_args"]["window"] == [96, 96]
+    assert replayed["init_args"]["evaluation"]["window"] == [96, 96]
+    assert replayed["init_args"]["evaluation"]["scale"] is None
+    assert "inference" not in replayed["init_args"]
 
 
 def test_a_stored_config_that_does_not_build_is_one_line(portable, tmp_path, capsys):
@@ -188,10 +199,11 @@ def test_the_detection_protocol_travels_with_the_checkpoint(det_ckpt, tmp_path, 
     from cbsa_dense.tasks import DetectionTask
 
     checkpoint = torch.load(det_ckpt, map_location="cpu", weights_only=True)
-    assert checkpoint["data_info"]["image_size"] == 128
-    assert checkpoint["hyper_parameters"]["max_detection_thresholds"] == [1, 10, 100]
-    checkpoint["data_info"]["image_size"] = 96
-    checkpoint["hyper_parameters"]["max_detection_thresholds"] = [1, 5, 50]
+    evaluation = checkpoint["hyper_parameters"]["evaluation"]
+    assert evaluation["image_size"] == 128 and evaluation["mode"] == "resize"             # stored resolved
+    assert evaluation["max_detection_thresholds"] == [1, 10, 100]
+    evaluation["image_size"] = 96
+    evaluation["max_detection_thresholds"] = [1, 5, 50]
     torch.save(checkpoint, tmp_path / "det.ckpt")
     data = det_ckpt.parents[4] / "data"
     monkeypatch.chdir(tmp_path)
@@ -201,13 +213,13 @@ def test_the_detection_protocol_travels_with_the_checkpoint(det_ckpt, tmp_path, 
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "max_detection_thresholds [1, 5, 50] (from the checkpoint)" in err
-    assert "detections_per_img 3 (from the config/command line)" in err
-    assert "image_size 96, longest side resized, zero-padded square (from the checkpoint)" in err
+    assert ("evaluation protocol (stored in det.ckpt unless set by a config or the command line): resize: longest "
+            "side to 96, zero-padded square; max_detection_thresholds [1, 5, 50]") in err, err
     results = json.loads(next(Path("lightning_logs").rglob("test_results.json")).read_text())
     per_image = {}
     for entry in results:
         per_image[entry["image_id"]] = per_image.get(entry["image_id"], 0) + 1
-    assert per_image and max(per_image.values()) == 3
+    assert per_image and max(per_image.values()) == 3            # the command line's detections_per_img
     assert DetectionTask.load_from_checkpoint(tmp_path / "det.ckpt").max_detection_thresholds == [1, 5, 50]
     assert cbsa_dense.load(tmp_path / "det.ckpt").image_size == 96
+

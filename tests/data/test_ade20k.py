@@ -12,6 +12,7 @@ from cbsa_dense.data.demo_seg import generate_demo_ade20k
 from cbsa_dense.data.seeding import seed_worker
 from cbsa_dense.data.seg_labels import read_mask, reduce_zero_label
 from cbsa_dense.data.seg_transforms import SegEvalTransform, SegTrainTransform, rescale_size
+from cbsa_dense.tasks.eval_protocol import SegEvaluation
 
 
 @pytest.fixture
@@ -20,7 +21,8 @@ def ade_root(tmp_path):
 
 
 def small_dm(root, **kwargs):
-    args = dict(root=str(root), num_classes=6, crop_size=(32, 32), scale=(96, 40), eval_scale=(128, 48),
+    args = dict(root=str(root), num_classes=6, crop_size=(32, 32), scale=(96, 40),
+                evaluation=SegEvaluation(scale=(128, 48)),
                 batch_size=2, val_batch_size=2, num_workers=0)
     args.update(kwargs)
     return ADE20KDataModule(**args)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from cbsa_dense.data.seg_folder import SegFolderDataModule, read_list_file
 from cbsa_dense.errors import ConfigError, DataError
+from cbsa_dense.tasks.eval_protocol import SegEvaluation
 
 
 def make(root, name, label, size=None):
@@ -21,7 +22,7 @@ def make(root, name, label, size=None):
 def dm(root, **kwargs):
     args = dict(train_images=str(root / "img"), train_masks=str(root / "msk"), val_images=str(root / "img"),
                 val_masks=str(root / "msk"), class_names=["a", "b", "c"], crop_size=(16, 16), scale=(64, 16),
-                eval_scale=None, num_workers=0)
+                evaluation=SegEvaluation(scale=None), num_workers=0)
     args.update(kwargs)
     return SegFolderDataModule(**args)
 

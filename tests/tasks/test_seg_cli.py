@@ -117,12 +117,12 @@ def test_custom_config_twin_on_a_folder_dataset(tmp_path):
               "--data.init_args.class_names", str(data / "classes.txt"),
               "--data.init_args.mask_palette", json.dumps(info["palette"]),
               "--data.init_args.crop_size", "[32, 32]", "--data.init_args.scale", "[128, 32]",
-              "--data.init_args.eval_scale", "[128, 32]", "--data.init_args.batch_size", "2",
+              "--model.init_args.evaluation.scale", "[128, 32]", "--data.init_args.batch_size", "2",
               "--data.init_args.num_workers", "0",
               f"{enc}img_size", "32", f"{enc}patch_size", "8", f"{enc}embed_dim", "32", f"{enc}depth", "1",
               f"{enc}num_heads", "2",
-              f"{head}n_layers", "1", "--model.init_args.inference.init_args.window", "[32, 32]",
-              "--model.init_args.inference.init_args.stride", "[24, 24]",
+              f"{head}n_layers", "1", "--model.init_args.evaluation.window", "[32, 32]",
+              "--model.init_args.evaluation.stride", "[24, 24]",
               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false"]
@@ -170,12 +170,12 @@ def test_ade20k_config_twins_fast_dev_run(tmp_path, config):
     head = "--model.init_args.head.init_args."
     run("fit", "--config", str(CONFIGS / config), "--data.init_args.root", str(root),
         "--data.init_args.num_classes", "6", "--data.init_args.crop_size", "[32, 32]",
-        "--data.init_args.scale", "[128, 32]", "--data.init_args.eval_scale", "[128, 32]",
+        "--data.init_args.scale", "[128, 32]", "--model.init_args.evaluation.scale", "[128, 32]",
         "--data.init_args.global_batch_size", "2", "--data.init_args.num_workers", "0",
         f"{enc}img_size", "32", f"{enc}embed_dim", "32", f"{enc}depth", "1", f"{enc}num_heads", "2",
         f"{enc}patch_size", "8", f"{head}n_layers", "1",
-        "--model.init_args.inference.init_args.window", "[32, 32]",
-        "--model.init_args.inference.init_args.stride", "[21, 21]",
+        "--model.init_args.evaluation.window", "[32, 32]",
+        "--model.init_args.evaluation.stride", "[21, 21]",
         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false")
 
@@ -188,7 +188,7 @@ def test_finetune_cpu_config_twin_on_a_root_folder(tmp_path):
     enc = "--model.init_args.encoder.init_args."
     run("fit", "--config", "finetune_cpu.yaml", "--data.init_args.root", str(root),
         "--data.init_args.crop_size", "[28, 28]", "--data.init_args.scale", "[56, 28]",
-        "--data.init_args.eval_scale", "[56, 28]",
+        "--model.init_args.evaluation.scale", "[56, 28]",
         f"{enc}img_size", "28", f"{enc}embed_dim", "32", f"{enc}depth", "1", f"{enc}num_heads", "2",
         f"{enc}attn_layer.init_args.grid", "[2, 2]", "--model.init_args.head.init_args.n_layers", "1",
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",

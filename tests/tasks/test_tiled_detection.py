@@ -1,5 +1,5 @@
 """Tiled and native-size detection: tiles cover the image, objects cut by tile borders are found once and
-whole, and the data's ``eval_mode`` reaches the task, the checkpoint and ``cbsa_dense.load``."""
+whole, and the task's evaluation ``mode`` reaches the data, the checkpoint and ``cbsa_dense.load``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cbsa_dense.data.coco_datamodule import resolve_eval_mode
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.tasks.eval_protocol import DetEvaluation
 from cbsa_dense.tasks.tiled_detection import detect_tiled, tile_grid, tile_starts
 
 TILE, OVERLAP = 64, 24
@@ -88,17 +88,19 @@ def test_the_detection_limit_keeps_the_best():
 
 
 @pytest.mark.parametrize(("mode", "overlap", "message"), [
-    ("tile", None, "eval_mode='tile' is invalid: give one of resize, native, tiled"),
-    ("tiled", 32, "tile_overlap=32 is invalid"),
-    ("tiled", -1, "tile_overlap=-1 is invalid"),
+    ("tile", None, "evaluation mode='tile' is invalid: give one of resize, native, tiled"),
+    ("tiled", 32, "evaluation tile_overlap=32 is invalid"),
+    ("tiled", -1, "evaluation tile_overlap=-1 is invalid"),
 ])
 def test_bad_eval_settings_name_the_value(mode, overlap, message):
     with pytest.raises(ConfigError, match=message):
-        resolve_eval_mode(mode, overlap, 64)
+        DetEvaluation(mode=mode, image_size=64, tile_overlap=overlap).overlap()
 
 
 def test_default_overlap_is_a_quarter_tile():
-    assert resolve_eval_mode("tiled", None, 336) == 84
+    assert DetEvaluation(mode="tiled", image_size=336).overlap() == 84
+    assert DetEvaluation(mode="tiled", image_size=336).tile == (336, 84)
+    assert DetEvaluation(mode="native", image_size=336).tile is None
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,8 @@ def demo_ckpt(tmp_path_factory):
                  "--data.size_range", "[200, 260]", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
                  "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root / "runs"),
                  "--trainer.logger.init_args.save_dir", str(root / "runs"),
-                 "--data.eval_mode", "tiled", "--data.tile_overlap", "24"]) == 0
+                 "--model.init_args.evaluation.mode", "tiled",
+                 "--model.init_args.evaluation.tile_overlap", "24"]) == 0
     return next((root / "runs").rglob("last.ckpt")), root / "data"
 
 
@@ -120,8 +123,8 @@ def test_tiled_mode_travels_with_the_checkpoint_to_predict_and_load(demo_ckpt, t
     from cbsa_dense.cli import main
 
     ckpt, data = demo_ckpt
-    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["data_info"]
-    assert (stored["eval_mode"], stored["tile_overlap"]) == ("tiled", 24)
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["evaluation"]
+    assert (stored["mode"], stored["image_size"], stored["tile_overlap"]) == ("tiled", 128, 24)   # resolved
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert main(["predict", "--ckpt_path", str(ckpt), "--data", "DemoDetectionDataModule", "--data.root", str(data),
@@ -129,10 +132,11 @@ def test_tiled_mode_travels_with_the_checkpoint_to_predict_and_load(demo_ckpt, t
                  "--data.eval_batch_size", "1", "--model.init_args.results_dir", "out",
                  "--trainer.enable_progress_bar", "false"]) == 0
     err = capsys.readouterr().err
-    assert "eval_mode tiled (from the checkpoint)" in err and "tile_overlap 24 (from the checkpoint)" in err
+    assert (f"evaluation protocol (stored in {ckpt} unless set by a config or the command line): tiled: 128 px "
+            "tiles overlapping by 24 px; max_detection_thresholds [1, 10, 100]") in err
     written = json.loads(open("out/predictions.json").read())
     model = cbsa_dense.load(ckpt)
-    assert (model.eval_mode, model.tile_overlap) == ("tiled", 24)
+    assert (model.mode, model.tile_overlap) == ("tiled", 24)
     images = json.loads((data / "annotations" / "instances_val.json").read_text())["images"]
     assert min(i["width"] for i in images) > 128                  # larger than a tile: tiling happened
     for info in images:
@@ -147,7 +151,7 @@ def test_native_mode_feeds_the_original_size(demo_ckpt):
 
     _, data = demo_ckpt
     module = DemoDetectionDataModule(root=str(data), num_train=4, num_val=2, num_workers=0, eval_batch_size=2,
-                                     eval_mode="native")
+                                     evaluation=DetEvaluation(mode="native"))
     module.setup("validate")
     batch = next(iter(module.val_dataloader()))
     images = json.loads((data / "annotations" / "instances_val.json").read_text())["images"]
@@ -178,11 +182,12 @@ def test_native_training_crops_keep_the_objects_pixel_size():
 def test_native_training_needs_native_or_tiled_evaluation(tmp_path):
     from cbsa_dense.data.coco_datamodule import COCODetectionDataModule
 
-    with pytest.raises(ConfigError, match="train_mode=native .* set eval_mode native or tiled"):
+    with pytest.raises(ConfigError, match="train_mode native .* set model evaluation mode native or tiled"):
         COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="native")
     with pytest.raises(ConfigError, match="train_mode='crop' is invalid"):
         COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="crop")
-    COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="native", eval_mode="tiled")
+    COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="native",
+                            evaluation=DetEvaluation(mode="tiled"))
 
 
 def test_load_refuses_to_shrink_images_for_a_model_trained_at_native_size(demo_ckpt):
@@ -190,9 +195,10 @@ def test_load_refuses_to_shrink_images_for_a_model_trained_at_native_size(demo_c
 
     model = cbsa_dense.load(demo_ckpt[0])
     model.task.data_info["train_mode"] = "native"
-    model.eval_mode = "native"
+    model.mode = "native"
     with pytest.raises(ConfigError, match="trained on objects at their own pixel size"):
-        model.eval_mode = "resize"
+        model.mode = "resize"
+    assert model.mode == "native" and model.evaluation.mode == "native"      # a refused setting changes nothing
 
 
 def test_native_scale_enlarges_training_crops_and_evaluation_alike(demo_ckpt):
@@ -212,7 +218,8 @@ def test_native_scale_enlarges_training_crops_and_evaluation_alike(demo_ckpt):
     assert out["image"].shape == (3, 200, 300) and out["scale"] == (2.0, 2.0) and out["image_size"] == (200, 300)
     model = cbsa_dense.load(demo_ckpt[0])
     model.native_scale = 2.0
-    assert model.describe() == "eval_mode tiled (128 px tiles overlapping by 24 px, scaled by 2)"
+    assert model.describe() == ("tiled: 128 px tiles overlapping by 24 px, scaled by 2; "
+                                "max_detection_thresholds [1, 10, 100]")
     image = np.random.default_rng(0).integers(0, 255, (150, 170, 3), dtype=np.uint8)
     result = model.predict(image)                        # boxes come back in the photo's pixels
     assert len(result["boxes"]) and result["boxes"][:, 2].max() <= 170 and result["boxes"][:, 3].max() <= 150
