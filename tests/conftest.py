@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (imported before any test captures stderr: see below)
 import pytest
 import torch
 
 from cbsa_dense.cli import main as cli_main
+
+# Lightning attaches a logging StreamHandler to the sys.stderr of the moment it is first imported. The package
+# imports it lazily now (cbsa-dense --help and cbsa_dense.load start without it), so the first in-process CLI
+# run under capsys would bind that handler to a captured stream pytest closes after the test, and every later
+# CLI test would print "--- Logging error --- I/O operation on closed file". Importing it here binds it to
+# the real stderr, as a user's process has it.
 
 #: ``../shared`` beside the checkout (read-only reference data; tests skip when it is absent).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
