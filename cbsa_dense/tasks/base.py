@@ -67,6 +67,29 @@ class BaseTask(LightningModule):
         self.layer_decay = layer_decay
         self.freeze_patterns = list(freeze or [])
 
+    #: the protocol type the task evaluates with (set by the tasks: SegEvaluation, DetEvaluation); the
+    #: datamodules of the same kind declare it too (:func:`cbsa_dense.cli.lightning_cli.check_task_and_data`)
+    evaluation_type: type | None = None
+    _evaluation = None
+
+    @property
+    def evaluation(self):
+        """The evaluation protocol in use: the one given (or adopted from the datamodule at setup), else the
+        protocol type's defaults; ``None`` for a task without ``evaluation_type``."""
+        if self._evaluation is not None or self.evaluation_type is None:
+            return self._evaluation
+        return self.evaluation_type()
+
+    @evaluation.setter
+    def evaluation(self, value) -> None:
+        from cbsa_dense.tasks.eval_protocol import evaluation_from
+
+        self._evaluation = evaluation_from(self.evaluation_type, value)
+        self.on_evaluation_change()
+
+    def on_evaluation_change(self) -> None:
+        """Called after ``evaluation`` is set (detection rebuilds its metrics for the new detection limits)."""
+
     def apply_freeze(self) -> list[str]:
         """Freeze the parameters matching ``freeze``; returns their names. Call at the end of ``__init__``."""
         frozen = []

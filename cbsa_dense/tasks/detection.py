@@ -138,14 +138,7 @@ class DetectionTask(BaseTask):
         self.apply_freeze()
 
     # ----------------------------------------------------------------------------------------- setup
-    @property
-    def evaluation(self) -> DetEvaluation:
-        """The evaluation protocol in use (the datamodule's default until it is set or adopted at setup)."""
-        return self._evaluation if self._evaluation is not None else DetEvaluation()
-
-    @evaluation.setter
-    def evaluation(self, value: DetEvaluation | dict | None) -> None:
-        self._evaluation = evaluation_from(DetEvaluation, value)
+    def on_evaluation_change(self) -> None:
         self._build_metrics()
 
     @property

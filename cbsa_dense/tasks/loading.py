@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
 
 # Lightning, the models and the task modules are imported when a checkpoint is rebuilt, not with this module:
 # only the task class the checkpoint names is imported (a segmentation checkpoint needs no detection code).
-
-log = logging.getLogger(__name__)
 
 
 def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> LightningModule:

@@ -112,15 +112,6 @@ class SegmentationTask(BaseTask):
         return self.model(images)
 
     @property
-    def evaluation(self) -> SegEvaluation:
-        """The evaluation protocol in use (the datamodule's default until it is set or adopted at setup)."""
-        return self._evaluation if self._evaluation is not None else SegEvaluation()
-
-    @evaluation.setter
-    def evaluation(self, value: SegEvaluation | dict | None) -> None:
-        self._evaluation = evaluation_from(SegEvaluation, value)
-
-    @property
     def inference(self):
         """The protocol's :class:`~cbsa_dense.tasks.sliding_window.SlidingWindowInference`."""
         return self.evaluation.inference()
