@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 import lightning.pytorch  # noqa: F401  (imported before any test captures stderr: see below)
 import pytest
 import torch
@@ -15,6 +17,11 @@ from cbsa_dense.cli import main as cli_main
 # run under capsys would bind that handler to a captured stream pytest closes after the test, and every later
 # CLI test would print "--- Logging error --- I/O operation on closed file". Importing it here binds it to
 # the real stderr, as a user's process has it.
+# Imported here, before pytest puts its capture handler on the root logger, Lightning also sets its logger's
+# propagate to False (it does so whenever the root has no handler), and caplog, which listens on the root, would
+# see none of the lines printed through rank_zero_info. Tests read those lines, so they propagate again; the
+# StreamHandler above still prints them once.
+logging.getLogger("lightning.pytorch").propagate = True
 
 #: ``../shared`` beside the checkout (read-only reference data; tests skip when it is absent).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
