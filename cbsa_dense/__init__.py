@@ -9,7 +9,9 @@ Importing the package imports nothing heavy: :func:`load` and the checkpoint loa
 
 from __future__ import annotations
 
-from cbsa_dense.errors import CheckpointError
+from cbsa_dense.errors import CheckpointError, CheckpointNotFoundError
+
+__all__ = ["load", "CheckpointError", "CheckpointNotFoundError", "__version__"]
 
 __version__ = "0.1.0"
 
@@ -24,10 +26,6 @@ def load(checkpoint, device="cpu", **settings):
     from cbsa_dense.predictor import load as load_predictor
 
     return load_predictor(checkpoint, device, **settings)
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """:func:`load` of a checkpoint file that does not exist."""
 
 
 def _check_file(checkpoint) -> None:

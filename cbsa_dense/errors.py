@@ -13,7 +13,7 @@ working.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "OutputError", "user_message"]
+__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "CheckpointNotFoundError", "OutputError", "user_message"]
 
 
 class UserError(ValueError):
@@ -30,6 +30,10 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or weights file is unreadable or does not fit the model it is loaded into."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint or weights file that does not exist (also a ``FileNotFoundError``, for code that catches that)."""
 
 
 class OutputError(UserError):

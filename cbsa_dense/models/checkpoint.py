@@ -23,15 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cbsa_dense.errors import CheckpointError
+from cbsa_dense.errors import CheckpointError, CheckpointNotFoundError
 
 log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint or weights file does not exist (also a ``FileNotFoundError``)."""
-
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))                # torch bolds a phrase with ANSI codes
