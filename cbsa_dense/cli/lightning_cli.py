@@ -321,10 +321,11 @@ def register_short_names() -> None:
     the project's tasks, datamodules, encoders, heads, necks, layers and callbacks by class name alone
     (``--model SegmentationTask``, ``class_path: CBTDecoder``): jsonargparse resolves a short name among the
     imported subclasses of the expected type."""
-    for module in ("cbsa_dense.tasks.segmentation", "cbsa_dense.tasks.detection", "cbsa_dense.data",
-                   "cbsa_dense.models", "cbsa_dense.layers", "cbsa_dense.callbacks", "cbsa_dense.tasks.schedulers",
-                   "cbsa_dense.tasks.sliding_window"):
-        importlib.import_module(module)
+    from cbsa_dense.lazy import import_all
+
+    for package in ("cbsa_dense.tasks", "cbsa_dense.data", "cbsa_dense.models", "cbsa_dense.layers",
+                    "cbsa_dense.callbacks"):
+        import_all(package)
 
 
 def run(argv: list[str], from_console: bool, overwrite: bool = False, composed: bool = False) -> int:

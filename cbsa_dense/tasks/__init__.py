@@ -8,7 +8,7 @@ import the others (detection pulls in torchvision's detection models).
 
 from __future__ import annotations
 
-import importlib
+from cbsa_dense.lazy import lazy_namespace
 
 #: Public name -> the module defining it.
 _HOMES = {
@@ -21,17 +21,5 @@ _HOMES = {
     "WarmupStepLR": "cbsa_dense.tasks.schedulers",
 }
 
-__all__ = ["BaseTask", "DetectionTask", "SegmentationTask", "SlidingWindowInference", "WarmupCosineLR",
-           "WarmupPolyLR", "WarmupStepLR"]
-
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cbsa_dense.tasks' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = sorted(_HOMES)
+__getattr__, __dir__ = lazy_namespace(__name__, _HOMES)
