@@ -189,6 +189,66 @@ def test_load_of_a_missing_file_imports_nothing_heavy(tmp_path):
         cbsa_dense.load(tmp_path / "empty.ckpt")
 
 
+def test_the_missing_file_error_is_one_class_for_load_and_the_cli():
+    """``cbsa_dense.load`` checks the file with the standard library and ``read_checkpoint`` after it: one
+    :class:`CheckpointNotFoundError` (a ``FileNotFoundError`` too) for both, so one ``except`` catches either."""
+    from cbsa_dense.errors import CheckpointNotFoundError
+    from cbsa_dense.models.checkpoint import read_checkpoint
+
+    assert cbsa_dense.CheckpointNotFoundError is CheckpointNotFoundError
+    with pytest.raises(CheckpointNotFoundError, match="missing.ckpt does not exist"):
+        read_checkpoint("missing.ckpt")
+    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+        cbsa_dense.load("missing.ckpt")
+
+
+def test_a_segmentation_model_imports_no_detection_code(tmp_path):
+    """The segmentation task (what ``cbsa_dense.load`` of a segmentation checkpoint imports) pulls in neither
+    the detector, its heads, the COCO datamodule nor pycocotools; the package's names still resolve on use."""
+    probe = ("import sys\n"
+             "from cbsa_dense.tasks import SegmentationTask\n"
+             "from cbsa_dense.data.loaders import distributed_world\n"
+             "print(sorted(m for m in sys.modules if m in ('cbsa_dense.models.detector', 'cbsa_dense.data.coco_datamodule',"
+             " 'cbsa_dense.models.heads.det_common', 'pycocotools', 'faster_coco_eval')))\n"
+             "from cbsa_dense.data import COCODetectionDataModule\n"
+             "from cbsa_dense.models.heads import FCOSHead\n"
+             "import cbsa_dense.models as models\n"
+             "print(COCODetectionDataModule.__module__, FCOSHead.__module__, models.necks.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "cbsa_dense.data.coco_datamodule cbsa_dense.models.heads.det_fcos "
+                                             "cbsa_dense.models.necks"]
+    import cbsa_dense.data
+
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchDataModule'"):
+        cbsa_dense.data.NoSuchDataModule  # noqa: B018
+    assert "SegFolderDataModule" in dir(cbsa_dense.data)
+
+
+def test_the_few_workers_hint_of_lightning_is_quiet_under_the_cli(monkeypatch):
+    """On a machine with more CPUs than these, Lightning warns about the 0 or 1 workers that the demo and CPU
+    fine-tuning configs set on purpose; the CLI filters exactly that message (checked against Lightning's own
+    check, so a rewording there fails here)."""
+    import warnings
+
+    from lightning.pytorch.trainer.connectors import data_connector
+    from torch.utils.data import DataLoader
+
+    from cbsa_dense.cli.entry import _quiet_known_noise
+
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 7)
+    loader, trainer = DataLoader(list(range(4)), num_workers=0), type("T", (), {"num_devices": 1})()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        data_connector._worker_check(trainer, loader, "train_dataloader")
+        assert [str(w.message) for w in seen if "does not have many workers" in str(w.message)], "Lightning changed"
+        seen.clear()
+        _quiet_known_noise()
+        data_connector._worker_check(trainer, loader, "train_dataloader")
+    assert not [str(w.message) for w in seen], [str(w.message) for w in seen]
+
+
 # ---------------------------------------------------------------------------------------- evaluation folders
 def _photos(ckpt: Path, count: int) -> list[Path]:
     data = next(parent / "data" for parent in ckpt.parents if (parent / "data").is_dir())

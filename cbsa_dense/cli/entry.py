@@ -197,6 +197,11 @@ class _DropTip(logging.Filter):
 def _quiet_known_noise() -> None:
     """Filter messages that every run printed and that tell the user nothing actionable."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning suggests more DataLoader workers whenever a loader has fewer than 2 on a machine with 3 or more
+    # CPUs. Here that happens only by choice: every datamodule defaults to 2 or more (capped at the CPUs), and
+    # 0 or 1 are set on purpose by the demo and CPU fine-tuning configs, whose data is small or in memory, and
+    # by predict --images.
+    warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers")
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTip) for f in rank_zero_logger.filters):
         rank_zero_logger.addFilter(_DropTip())
