@@ -38,15 +38,17 @@ def _outputs_folder(out: str) -> Path:
     return Path(line.split(": ", 1)[1])
 
 
-def test_segmentation_checkpoint_alone(seg_ckpt, tmp_path, monkeypatch, capsys):
+def test_segmentation_checkpoint_alone(seg_ckpt, tmp_path, monkeypatch, capsys, recwarn):
     images = _photos(seg_ckpt, 2)
     folder = _empty_folder(tmp_path, seg_ckpt, images)
     monkeypatch.chdir(folder)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)             # as in a new process (the fixture's fit set it)
     capsys.readouterr()
     assert cli_main(["predict", "--ckpt_path", "m.ckpt", "--images", "photos/",
                      "--trainer.enable_progress_bar", "false"]) == 0
     outputs = _outputs_folder(capsys.readouterr().out)
     assert outputs.is_relative_to(folder.resolve()) or outputs.is_relative_to(folder)
+    assert not [str(w.message) for w in recwarn if "seed" in str(w.message)]   # seed 0, not Lightning's warning
     model = cbsa_dense.load("m.ckpt")
     reduce_zero = bool(model.task.data_info.get("reduce_zero_label"))
     for image in images:

@@ -59,6 +59,9 @@ class CBSADenseCLI(LightningCLI):
         what ``prepare_args`` returned, ``stored_run`` included (None: no checkpoint); the arguments are then
         used as given, neither composed nor read again."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Seed 0 unless a config or --seed_everything says otherwise, as the shipped configs do; Lightning's own
+        # default draws a random seed and warns "No seed found" (predict --images has no config to give one).
+        kwargs.setdefault("seed_everything_default", 0)
         # The optimizer and scheduler are task arguments (--model.init_args.optimizer): the task builds the
         # parameter groups (no decay on norms/biases/step sizes, layer decay) and hands them to it. The
         # top-level --optimizer/--lr_scheduler of LightningCLI would bypass them, so they are not offered.
