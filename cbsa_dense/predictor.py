@@ -277,8 +277,9 @@ class DetectionPredictor(Predictor):
 
     Protocol: ``mode`` ``resize`` (longest side resized to ``image_size`` and zero-padded to a square),
     ``native`` (the image at its own size) or ``tiled`` (``image_size`` tiles overlapping by
-    ``tile_overlap``, merged); the training normalization, the stored head's detection limit; boxes mapped
-    back to original pixels.
+    ``tile_overlap``, merged); the training normalization; the head's detection limit per training crop,
+    scaled by the image's area (each result's ``at_limit`` is True when the image kept that many, so boxes
+    may be missing); boxes mapped back to original pixels.
     """
 
     def _build(self) -> None:
@@ -298,10 +299,12 @@ class DetectionPredictor(Predictor):
                       "orig_size": [tuple(image.shape[:2]) for image in images]})
         batch["image"] = batch["image"].to(self.device)
         results = []
-        for pred in self.task.predict_batch(batch):
+        preds = self.task.predict_batch(batch)
+        for pred, at_limit in zip(preds, self.task.at_limit or [False] * len(preds)):
             labels = pred["labels"].cpu().numpy().astype(np.int64)
             result = {"boxes": pred["boxes"].cpu().numpy(), "scores": pred["scores"].cpu().numpy(),
-                      "labels": labels, "class_names": [self.class_names[i] for i in labels]}
+                      "labels": labels, "class_names": [self.class_names[i] for i in labels],
+                      "at_limit": bool(at_limit)}
             if "masks" in pred:
                 result["masks"] = pred["masks"].cpu().numpy().astype(bool)
             results.append(result)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from pycocotools import mask as mask_utils
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from cbsa_dense.errors import ConfigError
@@ -19,6 +15,14 @@ from cbsa_dense.metrics.coco_map import COCOMeanAveragePrecision
 from cbsa_dense.models.detector import Detector, HeadFactory, NeckFactory
 from cbsa_dense.models.encoders.base import Encoder
 from cbsa_dense.tasks.base import BaseTask, adopt_evaluation, run_dir, under_cli
+from cbsa_dense.tasks.detection_limits import (
+    LimitReport,
+    head_nms_settings,
+    image_limit,
+    keep_best,
+    raised_limits,
+)
+from cbsa_dense.tasks.detection_results import class_note, coco_results, detections_per_class, gather_results
 from cbsa_dense.tasks.eval_protocol import DetEvaluation, evaluation_from
 from cbsa_dense.tasks.reporting import LastValidationReport, per_class_keys
 
@@ -26,13 +30,6 @@ from cbsa_dense.tasks.reporting import LastValidationReport, per_class_keys
 _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "map_s", "map_medium": "map_m",
            "map_large": "map_l"}
 
-
-
-def head_nms_settings(head) -> tuple[float, int | None]:
-    """The head's class-wise NMS IoU threshold and per-image detection limit (FCOS / RetinaNet attributes,
-    or the R-CNN heads' ``roi_heads``)."""
-    source = head.roi_heads if hasattr(head, "roi_heads") else head
-    return float(getattr(source, "nms_thresh", 0.5)), getattr(source, "detections_per_img", None)
 
 
 class DetectionTask(BaseTask):
@@ -135,6 +132,10 @@ class DetectionTask(BaseTask):
         #: the logged per-class metric keys (``val_map_<class>``, ...), which progress lines leave out
         self.per_class_metric_keys: set[str] = set()
         self._last_validation = LastValidationReport()
+        #: images that kept as many detections as their limit allows (:mod:`~cbsa_dense.tasks.detection_limits`)
+        self.limit_report = LimitReport()
+        #: per image of the last :meth:`predict_batch`: whether it kept exactly its detection limit
+        self.at_limit: list[bool] = []
         self.apply_freeze()
 
     # ----------------------------------------------------------------------------------------- setup
@@ -211,11 +212,23 @@ class DetectionTask(BaseTask):
         """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``).
 
         Under a ``tiled`` protocol the (original-size) images are detected tile by tile
-        (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`).
+        (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`). Each image keeps up to the head's detection
+        limit per training crop of its area (:mod:`~cbsa_dense.tasks.detection_limits`); :attr:`at_limit` says,
+        per image, whether it reached it.
         """
+        self.at_limit = []
         if self.evaluation.mode == "tiled":
             return self._predict_tiled(batch)
-        detections = self.model(batch["image"], batch["image_size"])
+        head_limit = head_nms_settings(self.model.head)[1]
+        if head_limit is None:
+            detections = self.model(batch["image"], batch["image_size"])
+            return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
+        crop = self.evaluation.image_size or max(max(hw) for hw in batch["image_size"])
+        limits = [image_limit(head_limit, crop, h, w) for h, w in batch["image_size"]]
+        with raised_limits(self.model.head, max(limits) / head_limit):
+            detections = self.model(batch["image"], batch["image_size"])
+        detections = [keep_best(d, limit) for d, limit in zip(detections, limits)]
+        self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit)
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
 
     def _predict_tiled(self, batch: dict) -> list[dict[str, Tensor]]:
@@ -225,9 +238,12 @@ class DetectionTask(BaseTask):
             raise ConfigError(f"{type(self.model.head).__name__} predicts masks, which tiled evaluation does not "
                               "merge: use evaluation mode native or resize")
         tile, overlap = self.evaluation.tile
-        nms_thresh, max_dets = head_nms_settings(self.model.head)
-        detections = [detect_tiled(self.model, image[:, :h, :w], tile, overlap, nms_thresh, max_dets)
-                      for image, (h, w) in zip(batch["image"], batch["image_size"])]
+        nms_thresh, head_limit = head_nms_settings(self.model.head)
+        limits = [image_limit(head_limit, tile, h, w) if head_limit else None for h, w in batch["image_size"]]
+        detections = [detect_tiled(self.model, image[:, :h, :w], tile, overlap, nms_thresh, limit)
+                      for image, (h, w), limit in zip(batch["image"], batch["image_size"], limits)]
+        if head_limit:
+            self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit)
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
 
     def _update(self, metric: COCOMeanAveragePrecision, batch: dict, preds: list[dict]) -> None:
@@ -268,7 +284,7 @@ class DetectionTask(BaseTask):
         """Log the COCO numbers and, with ``class_metrics``, the per-class AP; returns the metric's result and
         the number of detections of each class."""
         result = metric.compute()
-        detections = _detections_per_class(metric, self.num_classes)
+        detections = detections_per_class(metric, self.num_classes)
         metric.reset()
         logged = {}
         mar = f"mar_{self.max_detection_thresholds[-1]}"
@@ -307,9 +323,18 @@ class DetectionTask(BaseTask):
                 values[int(label)] = (ap if ap >= 0 else None, ar if ar >= 0 else None)
         return values
 
+    def _report_limits(self, stage: str) -> None:
+        line = self.limit_report.take_line(stage)
+        if line:
+            rank_zero_info(line)
+
     def on_validation_epoch_end(self) -> None:
         result, detections = self._log_map(self.val_map, "val")
         self._last_validation.remember(self._trainer, result, detections)
+        self._report_limits("validation")
+
+    def on_predict_epoch_end(self) -> None:
+        self._report_limits("predict")
 
     def on_validation_end(self) -> None:
         self._last_validation.after_validation(self.trainer, self._report_per_class)
@@ -323,6 +348,7 @@ class DetectionTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         result, detections = self._log_map(self.test_map, "test")
         self._report_per_class(result, detections)
+        self._report_limits("test")
         self.write_results(self._results, "test_results.json")
 
     def _report_per_class(self, result: dict, detections: list[int], stage: str = "test",
@@ -335,7 +361,7 @@ class DetectionTask(BaseTask):
         for iou_type in self.iou_types:
             rows, never = [], []
             for name, (ap, ar), count in zip(self._class_names(), self._per_class(result, iou_type), detections):
-                note = _class_note(ap is not None, count)
+                note = class_note(ap is not None, count)
                 if note == "never predicted":
                     never.append(name)
                 cells = ["-" if v is None else f"{v:.4f}" for v in (ap, ar)]
@@ -347,22 +373,7 @@ class DetectionTask(BaseTask):
     # --------------------------------------------------------------------------------------- results
     def to_coco_results(self, preds: list[dict[str, Tensor]], image_ids) -> list[dict]:
         """COCO results entries (json category ids, xywh boxes, RLE masks) of one batch of predictions."""
-        results = []
-        for pred, image_id in zip(preds, image_ids):
-            boxes = pred["boxes"].detach().cpu().double()
-            boxes[:, 2:] -= boxes[:, :2]
-            masks = pred.get("masks")
-            if masks is not None:
-                rles = mask_utils.encode(np.asfortranarray(masks.detach().cpu().numpy().transpose(1, 2, 0)
-                                                           .astype(np.uint8))) if len(masks) else []
-            for i, (box, score, label) in enumerate(zip(boxes.tolist(), pred["scores"].tolist(),
-                                                        pred["labels"].tolist())):
-                entry = {"image_id": int(image_id), "category_id": int(self.category_ids[int(label)]),
-                         "bbox": box, "score": float(score)}  # unrounded: scores equal the metric's
-                if masks is not None:
-                    entry["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
-                results.append(entry)
-        return results
+        return coco_results(preds, image_ids, self.category_ids)
 
     def prediction_outputs(self) -> list[Path]:
         """What ``predict`` writes into an explicitly chosen ``results_dir`` (checked before any work: the
@@ -388,58 +399,3 @@ class DetectionTask(BaseTask):
         path = folder / name
         path.write_text(json.dumps(merged))
         rank_zero_info(f"wrote {len(merged)} detections to {path}")
-
-def _class_note(has_ap: bool, detections: int) -> str:
-    """What a class's AP and detection count say beyond its AP (COCO gives no AP without ground truth)."""
-    if not has_ap:
-        return "not in the ground truth" if detections else "absent"
-    return "never predicted" if detections == 0 else ""
-
-
-def _detections_per_class(metric: COCOMeanAveragePrecision, num_classes: int) -> list[int]:
-    """The detections of each class that ``metric`` holds, over all processes (each image once when the metric
-    has image ids). Collective under DDP, like ``compute``: every rank calls it."""
-    with metric.sync_context(dist_sync_fn=metric.dist_sync_fn, process_group=metric.process_group,
-                             should_sync=metric.sync_on_compute, distributed_available=metric.distributed_available_fn):
-        order = metric._image_order()
-        labels = list(metric.detection_labels)
-        if order is not None:
-            labels = [labels[i] for i in order]
-        flat = torch.cat([t.reshape(-1).long().cpu() for t in labels]) if labels else torch.zeros(0, dtype=torch.long)
-    flat = flat[(flat >= 0) & (flat < num_classes)]
-    return torch.bincount(flat, minlength=num_classes).tolist()
-
-
-def gather_results(trainer, results: list[dict]) -> list[dict] | None:
-    """Every rank's ``results`` merged by :func:`merge_results` on rank 0 (``None`` on the other ranks).
-
-    Collective under DDP: every rank must call it (the epoch-end hooks do, on every rank).
-    """
-    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-        shares = [None] * dist.get_world_size() if trainer.is_global_zero else None
-        dist.gather_object(results, shares, dst=0)
-    else:
-        if trainer.world_size > 1:
-            rank_zero_warn("results json holds rank 0's share of the images only (no torch.distributed "
-                           "process group to gather the other ranks' results)")
-        shares = [results]
-    return merge_results(shares) if trainer.is_global_zero else None
-
-
-def merge_results(shares: list[list[dict]]) -> list[dict]:
-    """One COCO results list from the ranks' shares, in a deterministic order.
-
-    An image that several ranks processed (a ``DistributedSampler`` pads the last shares with repeated
-    images) keeps the entries of the first rank that has it. Entries are sorted by ``image_id``, then by
-    score, highest first (ties keep their order), so any number of processes gives the same list.
-    """
-    by_image: dict[int, list[dict]] = {}
-    for share in shares:
-        mine: dict[int, list[dict]] = defaultdict(list)
-        for entry in share:
-            mine[int(entry["image_id"])].append(entry)
-        for image_id, entries in mine.items():
-            by_image.setdefault(image_id, entries)
-    return [entry for image_id in sorted(by_image)
-            for entry in sorted(by_image[image_id], key=lambda e: -e["score"])]
-

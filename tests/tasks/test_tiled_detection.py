@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cbsa_dense.errors import ConfigError
+from cbsa_dense.tasks.detection_limits import image_limit
 from cbsa_dense.tasks.eval_protocol import DetEvaluation
 from cbsa_dense.tasks.tiled_detection import detect_tiled, tile_grid, tile_starts
 
@@ -141,6 +142,9 @@ def test_tiled_mode_travels_with_the_checkpoint_to_predict_and_load(demo_ckpt, t
     assert min(i["width"] for i in images) > 128                  # larger than a tile: tiling happened
     for info in images:
         result = model.predict(data / "val" / info["file_name"])
+        limit = image_limit(model.task.model.head.detections_per_img, 128, info["height"], info["width"])
+        assert limit > model.task.model.head.detections_per_img and len(result["scores"]) <= limit
+        assert result["at_limit"] is (len(result["scores"]) == limit)
         mine = sorted(zip(result["scores"].tolist(), result["boxes"][:, 0].tolist()))
         theirs = sorted((e["score"], e["bbox"][0]) for e in written if e["image_id"] == info["id"])
         np.testing.assert_allclose(np.array(mine).reshape(-1, 2), np.array(theirs).reshape(-1, 2), atol=1e-4)
