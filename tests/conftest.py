@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import lightning.pytorch  # noqa: F401  (imported before any test captures stderr: see below)
 import pytest
