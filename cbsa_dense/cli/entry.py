@@ -37,7 +37,7 @@ TRAINING_COMMANDS: dict[str, str] = {
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("cbsa_dense.cli.commands.score", "score predictions against ground truth (seg | coco)"),
     "info": ("cbsa_dense.cli.commands.info", "parameter counts and GFLOPs of a config's model"),
-    "benchmark": ("cbsa_dense.cli.commands.benchmark", "speed/memory benchmarks: attention | encoder | train"),
+    "benchmark": ("cbsa_dense.cli.commands.benchmark", "benchmarks: speed (attention | encoder | train), real-photo accuracy (real)"),
     "export": ("cbsa_dense.cli.commands.export", "export a checkpoint to ONNX or TorchScript"),
     "explain": ("cbsa_dense.cli.commands.explain", "visualize CBSA extraction maps of a checkpoint"),
     "configs": ("cbsa_dense.cli.commands.configs", "list the shipped configs, or copy one out for editing"),

@@ -1,4 +1,5 @@
-"""``cbsa-dense benchmark {attention,encoder,train}``: speed and memory, side by side in one process.
+"""``cbsa-dense benchmark {attention,encoder,train,targets,real}``: speed and memory, side by side in one process;
+``real``: accuracy of named arms on real photos, over seeds and folds (:mod:`cbsa_dense.benchmark.real`).
 
 Examples::
 
@@ -6,6 +7,7 @@ Examples::
     cbsa-dense benchmark encoder --image-size 512 1024 2048 --json --out-dir bench_out
     cbsa-dense benchmark train --config demo_seg.yaml --steps 20
     cbsa-dense benchmark targets --attention bench_out/attention.json --encoder bench_out/encoder.json
+    cbsa-dense benchmark real seg --seeds 0 1 2 --jobs 2      # real photos: arms x folds x seeds, report.md
 
 With ``--json`` the records are printed as one JSON list (``train``: one JSON object); otherwise as a
 markdown table. ``--out-dir`` also writes ``<kind>.json``, ``<kind>.md`` and ``<kind>.png`` there.
@@ -71,12 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-batches", type=int, default=None, help="loader-only batches (default: --steps)")
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--json", action="store_true", help="print the record as JSON")
+    real = sub.add_parser("real", help="fine-tune named arms on real photos over seeds (and folds): mean, spread, "
+                                       "per class", description=_real_doc(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    real.add_argument("task", choices=["seg", "det"], help="seg: street frames, leave one frame out; det: trees, "
+                                                             "same site")
+    real.add_argument("--arms", nargs="+", default=["random", "softmax", "cbsa"],
+                      help="random, softmax, cbsa, or NAME=CONFIG.yaml (the base config with that file on top)")
+    real.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    real.add_argument("--folds", type=int, default=None, help="seg: the first N leave-one-frame-out folds (all)")
+    real.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
+    real.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    real.add_argument("--steps", type=int, default=None, help="training steps (the base config's)")
+    real.add_argument("--val-every", type=int, default=None, help="validation interval in steps (the config's)")
+    real.add_argument("--base-config", default=None,
+                      help="the config every arm starts from (seg: finetune_cpu.yaml, det: finetune_det_cpu.yaml)")
+    real.add_argument("--out", type=Path, default=Path("benchmarks/results/real"), help="runs and report.md")
+    real.add_argument("--cache", type=Path, default=Path("data_cache/real"), help="photos, folds, weights")
+    real.add_argument("--tools", type=Path, default=None, help="the project's test-material tools (../shared/tools)")
+    real.add_argument("--data-root", type=Path, default=None, help="your own data instead of the tools' photos")
+    real.add_argument("--weights", type=Path, default=None, help="your own pretrained ViT weights (timm names)")
     targets = sub.add_parser("targets", help="check issue 6's speed targets on JSON files written by --out-dir")
     targets.add_argument("--attention", default=None, help="attention.json (from --out-dir)")
     targets.add_argument("--encoder", default=None, help="encoder.json (from --out-dir)")
     targets.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     targets.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
+
+
+def _real_doc() -> str:
+    from cbsa_dense.benchmark import real
+
+    return (real.__doc__ or "").split("\n\n", 1)[1] + "\nUnknown arguments go to every fit (e.g. --trainer.max_steps 300)."
 
 
 def _records(path: str | None) -> list[dict]:
@@ -89,8 +117,15 @@ def _records(path: str | None) -> list[dict]:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.kind != "train":
+    if extra and args.kind not in ("train", "real"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.kind == "real":
+        from cbsa_dense.benchmark.real import benchmark_real
+
+        benchmark_real(args.task, args.arms, args.seeds, args.out, args.cache, args.tools, args.data_root,
+                       args.weights, args.folds, args.jobs, args.threads, args.steps, args.val_every,
+                       args.base_config, extra, command="cbsa-dense benchmark " + " ".join(argv))
+        return 0
     if args.kind == "targets":
         from cbsa_dense.benchmark.targets import check_targets
 
