@@ -184,7 +184,7 @@ def test_load_predicts_detections_as_cbsa_dense_predict(det_ckpt, tmp_path, monk
     images = json.loads((data / "annotations" / "instances_val.json").read_text())["images"]
     for info in images:
         result = model.predict(data / "val" / info["file_name"])
-        assert set(result) == {"boxes", "scores", "labels", "class_names"}
+        assert set(result) == {"boxes", "scores", "labels", "class_names", "at_limit"}
         boxes = result["boxes"].astype(np.float64)
         mine = sorted((model.task.category_ids[label], *box[:2], *(box[2:] - box[:2]), score)
                       for box, score, label in zip(boxes, result["scores"].tolist(), result["labels"].tolist()))
