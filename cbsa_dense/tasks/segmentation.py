@@ -68,6 +68,9 @@ class SegmentationTask(BaseTask):
             including the authors' released Segmenter checkpoints.
         weights_strict: see :class:`~cbsa_dense.tasks.base.BaseTask`.
         head_lr_scale: lr multiplier of the decode head (see :class:`~cbsa_dense.tasks.base.BaseTask`).
+        class_weight: per-class weights of the cross-entropy loss, in the data's class order (MMSegmentation's
+            ``class_weight``; the loss is the weighted mean over labelled pixels); ``None``: all 1. Raising a
+            rare class's weight makes the model predict it at all (``docs/real_photos.md``).
     """
 
     #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
@@ -81,7 +84,7 @@ class SegmentationTask(BaseTask):
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None,
                  weight_decay: float | None = None, layer_decay: float | None = None,
                  freeze: list[str] | None = None, weights: str | None = None, weights_strict: bool = True,
-                 head_lr_scale: float = 1.0) -> None:
+                 head_lr_scale: float = 1.0, class_weight: list[float] | None = None) -> None:
         super().__init__(optimizer, lr_scheduler, weight_decay, layer_decay, freeze, weights, weights_strict,
                          head_lr_scale)
         # Output settings are not hyper-parameters (a stored folder means nothing elsewhere). The evaluation
@@ -102,7 +105,19 @@ class SegmentationTask(BaseTask):
         self._last_validation = LastValidationReport()
         self.all_ignored_batches = 0          # training batches without any labelled pixel (see training_step)
         self.test_metrics = SegmentationMetrics(self.num_classes)
+        self.register_buffer("class_weight", self._class_weight(class_weight), persistent=False)
         self.apply_freeze()
+
+    def _class_weight(self, weights: list[float] | None) -> torch.Tensor | None:
+        if weights is None:
+            return None
+        values = list(weights) if isinstance(weights, (list, tuple)) else None
+        if (values is None or len(values) != self.num_classes
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values)
+                or not any(values)):
+            raise ConfigError(f"model class_weight={weights!r} is invalid: give {self.num_classes} non-negative "
+                              f"numbers (one per class, in the data's class order), not all 0, or null")
+        return torch.tensor([float(v) for v in values])
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         """The paper's recipe (Segmenter's): SGD, Nesterov momentum 0.9, lr 1e-3, no weight decay."""
@@ -149,7 +164,7 @@ class SegmentationTask(BaseTask):
                             "of: %s", batch_idx, self.current_epoch, masks.numel(), IGNORE_INDEX,
                             ", ".join(str(p) for p in batch.get("path", [])[:4]) or "?")
         else:
-            loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX)
         self.log("train_loss", loss, prog_bar=True, batch_size=images.shape[0])
         self.log("train_all_ignored_batches", float(all_ignored), on_step=False, on_epoch=True, reduce_fx="sum",
                  sync_dist=True, batch_size=images.shape[0])

@@ -50,3 +50,25 @@ def test_adamw_with_layer_decay_and_no_decay_groups():
     assert by_param[id(names["model.encoder.pos_embed"])]["weight_decay"] == 0.0
     assert by_param[id(names["model.head.layers.0.attn.step_x"])]["weight_decay"] == 0.0
     assert by_param[id(names["model.encoder.blocks.0.mlp.fc1.weight"])]["weight_decay"] == 0.05
+
+
+def test_class_weight_weighs_the_loss_per_class_and_is_checked():
+    """``class_weight: [0, 1, 0]`` makes the loss the mean over class-1 pixels only; a list of the wrong length is
+    one line naming it and the class count."""
+    import pytest
+
+    from cbsa_dense.errors import ConfigError
+
+    images, masks = torch.randn(2, 3, 16, 24), torch.randint(0, 3, (2, 16, 24))
+    weighted, plain = tiny_task(class_weight=[0, 1, 0]), tiny_task()
+    plain.load_state_dict(weighted.state_dict())
+    weighted.log = plain.log = lambda *a, **k: None
+    logits = F.interpolate(plain.model(images), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    ones = masks == 1
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[ones], masks[ones])
+    loss = weighted.training_step({"image": images, "mask": masks}, 0)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert not torch.allclose(plain.training_step({"image": images, "mask": masks}, 0), expected, atol=1e-4)
+    assert "class_weight" not in weighted.state_dict()                    # a setting, not a tensor to load
+    with pytest.raises(ConfigError, match=r"model class_weight=\[1, 5\] is invalid: give 3 non-negative numbers"):
+        tiny_task(class_weight=[1, 5])
