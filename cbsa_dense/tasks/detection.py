@@ -50,7 +50,8 @@ class DetectionTask(BaseTask):
 
     Crowded scenes: two limits decide how many objects per image can count. The head keeps at most
     ``detections_per_img`` (FCOS / RetinaNet; ``box_detections_per_img`` for Faster / Mask R-CNN; 100 by
-    default) detections per image, and the metric scores at most ``evaluation.max_detection_thresholds[-1]`` (M,
+    default) detections per training crop (an image larger than the crop, ``native`` or ``tiled``, keeps that many
+    per crop of its area: :mod:`~cbsa_dense.tasks.detection_limits`), and the metric scores at most ``evaluation.max_detection_thresholds[-1]`` (M,
     COCO's ``maxDets``, 100 by default) per image and class. With more objects per image than either, AP stays below
     1 even for perfect predictions: raise both, e.g. ``detections_per_img: 300`` and
     ``evaluation: {max_detection_thresholds: [1, 10, 300]}``. AP, AP50, AP75, APs/m/l and ``mar_{M}`` are computed at the
