@@ -31,7 +31,6 @@ _LOGGED = {"map": "map", "map_50": "map_50", "map_75": "map_75", "map_small": "m
            "map_large": "map_l"}
 
 
-
 class DetectionTask(BaseTask):
     """Train and evaluate a :class:`~cbsa_dense.models.detector.Detector` (ViTDet recipe by default).
 
@@ -213,23 +212,20 @@ class DetectionTask(BaseTask):
         """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``).
 
         Under a ``tiled`` protocol the (original-size) images are detected tile by tile
-        (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`). Each image keeps up to the head's detection
-        limit per training crop of its area (:mod:`~cbsa_dense.tasks.detection_limits`); :attr:`at_limit` says,
-        per image, whether it reached it.
+        (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`). Each image keeps the head's limit per training
+        crop of its area (:mod:`~cbsa_dense.tasks.detection_limits`); :attr:`at_limit`: whether it reached it.
         """
         self.at_limit = []
         if self.evaluation.mode == "tiled":
             return self._predict_tiled(batch)
         head_limit = head_nms_settings(self.model.head)[1]
-        if head_limit is None:
-            detections = self.model(batch["image"], batch["image_size"])
-            return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
         crop = self.evaluation.image_size or max(max(hw) for hw in batch["image_size"])
-        limits = [image_limit(head_limit, crop, h, w) for h, w in batch["image_size"]]
-        with raised_limits(self.model.head, max(limits) / head_limit):
+        limits = [image_limit(head_limit, crop, h, w) if head_limit else None for h, w in batch["image_size"]]
+        with raised_limits(self.model.head, max(limits) / head_limit if head_limit else 1.0):
             detections = self.model(batch["image"], batch["image_size"])
-        detections = [keep_best(d, limit) for d, limit in zip(detections, limits)]
-        self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit)
+        if head_limit:
+            detections = [keep_best(d, limit) for d, limit in zip(detections, limits)]
+            self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit)
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
 
     def _predict_tiled(self, batch: dict) -> list[dict[str, Tensor]]:
