@@ -47,6 +47,8 @@ class SegDataModule(LightningDataModule):
         scale: (long, short) base scale of the training ratio-range resize (positive).
         ratio_range: random factor range of ``scale``, ``0 < low <= high``.
         cat_max_ratio: max fraction of a single class in a training crop, in (0, 1].
+        class_balanced_crops: fraction of training crops centred on a class drawn uniformly among the image's
+            classes (:class:`~cbsa_dense.data.seg_transforms.SegTrainTransform`); 0 disables it.
 
     Invalid sizes, ranges and normalization constants raise a :class:`~cbsa_dense.errors.ConfigError`
     naming the setting at construction. Images of any size and shape are accepted: a very thin image is
@@ -72,7 +74,7 @@ class SegDataModule(LightningDataModule):
                  evaluation: Evaluation | None = None,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  validate_labels: bool = True, predict_images: str | None = None,
-                 global_batch_size: int | None = None) -> None:
+                 global_batch_size: int | None = None, class_balanced_crops: float = 0.0) -> None:
         super().__init__()
         if not 1 <= num_classes <= 255:
             raise ConfigError(f"num_classes={num_classes} is invalid: must be in [1, 255] (255 is the ignore "
@@ -100,7 +102,8 @@ class SegDataModule(LightningDataModule):
         self.num_workers = worker_count(num_workers)
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = SegTrainTransform(crop_size, scale, ratio_range, cat_max_ratio,
-                                                 photometric=photometric, mean=mean, std=std)
+                                                 photometric=photometric, mean=mean, std=std,
+                                                 class_balanced_crops=class_balanced_crops)
         self.evaluation = evaluation_from(SegEvaluation, evaluation) or self.default_evaluation
         self.eval_transform = eval_transform(self.evaluation, mean, std)
         self.validate_labels = validate_labels

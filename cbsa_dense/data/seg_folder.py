@@ -104,7 +104,8 @@ class SegFolderDataModule(SegDataModule):
                  evaluation: Evaluation | None = None,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
                  validate_labels: bool = True, predict_images: str | None = None, root: str | None = None,
-                 skip_unpaired: bool = False, global_batch_size: int | None = None) -> None:
+                 skip_unpaired: bool = False, global_batch_size: int | None = None,
+                 class_balanced_crops: float = 0.0) -> None:
         layout = self._root_layout(root)
         train_images = train_images or layout.get("train_images")
         val_images = val_images or layout.get("val_images")
@@ -130,7 +131,8 @@ class SegFolderDataModule(SegDataModule):
                          val_batch_size=val_batch_size, num_workers=num_workers, crop_size=crop_size, scale=scale,
                          ratio_range=ratio_range, cat_max_ratio=cat_max_ratio, photometric=photometric,
                          evaluation=evaluation, mean=mean, std=std, validate_labels=validate_labels,
-                         predict_images=predict_images, global_batch_size=global_batch_size)
+                         predict_images=predict_images, global_batch_size=global_batch_size,
+                         class_balanced_crops=class_balanced_crops)
         self.save_hyperparameters(ignore=["evaluation"])          # the task stores the protocol
         if mask_palette is not None:
             self.mask_palette = np.asarray(mask_palette, dtype=np.int64)

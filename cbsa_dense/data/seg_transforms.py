@@ -83,6 +83,10 @@ class SegTrainTransform:
         scale: (long, short) base scale of the ratio-range resize (mmseg ADE20K: (2048, 512)).
         ratio_range: range of the random factor applied to ``scale``.
         cat_max_ratio: max fraction of one class in the crop (retried up to 10 times); 1.0 disables it.
+        class_balanced_crops: the fraction of crops centred on a pixel of one class, drawn uniformly among the
+            classes in the resized image (then clipped into it; ``cat_max_ratio`` does not apply to them): a class
+            on a few percent of the pixels, at an image border, is then in as many crops as any other. 0 (the
+            default) leaves every crop to ``cat_max_ratio``'s random crop.
         flip_prob: horizontal flip probability.
         photometric: apply mmseg-like photometric distortion (brightness, contrast, saturation, hue,
             each with probability 0.5).
@@ -97,7 +101,7 @@ class SegTrainTransform:
                  ratio_range: tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
                  flip_prob: float = 0.5, photometric: bool = True,
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
-                 std: tuple[float, float, float] = IMAGENET_STD) -> None:
+                 std: tuple[float, float, float] = IMAGENET_STD, class_balanced_crops: float = 0.0) -> None:
         self.crop_size = _size_pair("crop_size", crop_size, "height, width of the training crop")
         self.scale = _size_pair("scale", scale, "long, short side of the training resize")
         self.ratio_range = check_ratio_range(ratio_range)
@@ -106,8 +110,12 @@ class SegTrainTransform:
                               f"(1.0 disables the check)")
         if not 0 <= flip_prob <= 1:
             raise ConfigError(f"flip_prob={flip_prob!r} is invalid: give a probability in [0, 1]")
+        if isinstance(class_balanced_crops, bool) or not 0 <= class_balanced_crops <= 1:
+            raise ConfigError(f"class_balanced_crops={class_balanced_crops!r} is invalid: give a fraction in [0, 1] "
+                              "(0 disables it)")
         check_normalization(mean, std)
         self.cat_max_ratio = cat_max_ratio
+        self.class_balanced_crops = float(class_balanced_crops)
         steps = [A.HorizontalFlip(p=flip_prob)]
         if photometric:
             steps += [
@@ -128,8 +136,27 @@ class SegTrainTransform:
         self.rng = np.random.default_rng(seed)
         self.albu.set_random_seed(seed)
 
+    def class_centred_box(self, mask: np.ndarray) -> tuple[int, int, int, int] | None:
+        """A crop (y0, y1, x0, x1) centred on a random pixel of a class drawn uniformly among the mask's classes
+        (clipped into the image); ``None`` when the mask has no labelled pixel."""
+        classes = np.unique(mask)
+        classes = classes[classes != IGNORE_INDEX]
+        if len(classes) == 0:
+            return None
+        ys, xs = np.nonzero(mask == classes[int(self.rng.integers(len(classes)))])
+        pick = int(self.rng.integers(len(ys)))
+        (ch, cw), (h, w) = self.crop_size, mask.shape
+        y0 = min(max(int(ys[pick]) - ch // 2, 0), max(h - ch, 0))
+        x0 = min(max(int(xs[pick]) - cw // 2, 0), max(w - cw, 0))
+        return y0, min(y0 + ch, h), x0, min(x0 + cw, w)
+
     def random_crop_box(self, mask: np.ndarray) -> tuple[int, int, int, int]:
-        """mmseg ``RandomCrop`` with ``cat_max_ratio``: (y0, y1, x0, x1) of the crop."""
+        """mmseg ``RandomCrop`` with ``cat_max_ratio`` (or, for ``class_balanced_crops`` of the crops, a crop
+        centred on a class drawn uniformly): (y0, y1, x0, x1) of the crop."""
+        if self.class_balanced_crops and self.rng.random() < self.class_balanced_crops:
+            box = self.class_centred_box(mask)
+            if box is not None:
+                return box
         ch, cw = self.crop_size
         h, w = mask.shape
         box = (0, 0, 0, 0)
