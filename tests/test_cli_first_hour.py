@@ -172,14 +172,20 @@ def test_answers_that_do_not_import_lightning(argv, status, tmp_path):
     assert out.stdout.split() == [str(status)], out.stdout                    # nothing heavy imported
 
 
+def _fresh_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``code`` run by a new interpreter that sees this checkout (and nothing imported by the tests)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_load_of_a_missing_file_imports_nothing_heavy(tmp_path):
     probe = ("import sys, cbsa_dense\n"
              "try:\n    cbsa_dense.load('missing.ckpt')\n"
              "except FileNotFoundError as error:\n    print(type(error).__name__, '|', error)\n"
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'timm', 'torch'}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr
+    out = _fresh_python(probe, tmp_path)
     assert out.stdout.splitlines() == ["CheckpointNotFoundError | checkpoint file missing.ckpt does not exist: check "
                                        "the path", "[]"]
     from cbsa_dense.errors import CheckpointError
@@ -214,9 +220,7 @@ def test_a_segmentation_model_imports_no_detection_code(tmp_path):
              "from cbsa_dense.models.heads import FCOSHead\n"
              "import cbsa_dense.models as models\n"
              "print(COCODetectionDataModule.__module__, FCOSHead.__module__, models.necks.__name__)\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr
+    out = _fresh_python(probe, tmp_path)
     assert out.stdout.splitlines() == ["[]", "cbsa_dense.data.coco_datamodule cbsa_dense.models.heads.det_fcos "
                                              "cbsa_dense.models.necks"]
     import cbsa_dense.data
