@@ -167,7 +167,7 @@ class PredictionImages(Callback):
         count = min(self.num_images, len(batch["image"]))
         head = {k: v[:count] if isinstance(v, list | torch.Tensor) else v for k, v in batch.items()}
         with torch.no_grad():                          # one forward for all: batch-1 GroupNorm fails on 1x1 maps
-            detections = pl_module.predict_batch(head)
+            detections = pl_module.predict_batch(head, report=False)   # validation counts these images
         pictures = []
         for i, det in enumerate(detections):
             sy, sx = (float(v) for v in head["scale"][i])

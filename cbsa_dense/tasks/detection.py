@@ -208,16 +208,17 @@ class DetectionTask(BaseTask):
         self.log_dict({f"train_{k}": v for k, v in losses.items()}, batch_size=size)
         return loss
 
-    def predict_batch(self, batch: dict) -> list[dict[str, Tensor]]:
+    def predict_batch(self, batch: dict, report: bool = True) -> list[dict[str, Tensor]]:
         """Detections of a batch in original image pixels (``boxes`` xyxy, ``scores``, ``labels``, ``masks``).
 
         Under a ``tiled`` protocol the (original-size) images are detected tile by tile
         (:func:`~cbsa_dense.tasks.tiled_detection.detect_tiled`). Each image keeps the head's limit per training
-        crop of its area (:mod:`~cbsa_dense.tasks.detection_limits`); :attr:`at_limit`: whether it reached it.
+        crop of its area (:mod:`~cbsa_dense.tasks.detection_limits`); :attr:`at_limit`: whether it reached it
+        (counted for the end-of-epoch line unless ``report`` is False: pictures of the same images).
         """
         self.at_limit = []
         if self.evaluation.mode == "tiled":
-            return self._predict_tiled(batch)
+            return self._predict_tiled(batch, report)
         head_limit = head_nms_settings(self.model.head)[1]
         crop = self.evaluation.image_size or max(max(hw) for hw in batch["image_size"])
         limits = [image_limit(head_limit, crop, h, w) if head_limit else None for h, w in batch["image_size"]]
@@ -225,10 +226,10 @@ class DetectionTask(BaseTask):
             detections = self.model(batch["image"], batch["image_size"])
         if head_limit:
             detections = [keep_best(d, limit) for d, limit in zip(detections, limits)]
-            self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit)
+            self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit, report)
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
 
-    def _predict_tiled(self, batch: dict) -> list[dict[str, Tensor]]:
+    def _predict_tiled(self, batch: dict, report: bool) -> list[dict[str, Tensor]]:
         from cbsa_dense.tasks.tiled_detection import detect_tiled
 
         if self.model.with_masks:
@@ -240,7 +241,7 @@ class DetectionTask(BaseTask):
         detections = [detect_tiled(self.model, image[:, :h, :w], tile, overlap, nms_thresh, limit)
                       for image, (h, w), limit in zip(batch["image"], batch["image_size"], limits)]
         if head_limit:
-            self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit)
+            self.at_limit = self.limit_report.add([len(d["scores"]) for d in detections], limits, head_limit, report)
         return self.model.postprocess(detections, batch["scale"], batch["orig_size"], self.mask_threshold)
 
     def _update(self, metric: COCOMeanAveragePrecision, batch: dict, preds: list[dict]) -> None:

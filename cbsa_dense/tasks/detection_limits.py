@@ -82,9 +82,11 @@ class LimitReport:
     largest: int = 0
     head_limit: int = 0
 
-    def add(self, kept: Sequence[int], limits: Sequence[int], head_limit: int) -> list[bool]:
-        """Record one batch; returns, per image, whether it kept exactly its limit."""
+    def add(self, kept: Sequence[int], limits: Sequence[int], head_limit: int, count: bool = True) -> list[bool]:
+        """Per image, whether it kept exactly its limit; recorded for :meth:`take_line` when ``count``."""
         flags = [k >= lim for k, lim in zip(kept, limits)]
+        if not count:
+            return flags
         self.images += len(flags)
         self.at_limit += sum(flags)
         self.largest = max([self.largest, *(lim for lim, f in zip(limits, flags) if f)])

@@ -84,3 +84,14 @@ def test_raised_limits_scale_the_rcnn_counts_and_restore_them_on_error():
         assert head.rpn._post_nms_top_n["training"] == before[2]["training"]
         raise RuntimeError("boom")
     assert (head.roi_heads.detections_per_img, head.rpn._pre_nms_top_n, head.rpn._post_nms_top_n) == before
+
+
+def test_pictures_of_the_validation_images_are_not_counted_twice():
+    """PredictionImages predicts the first validation images again for their pictures (``report=False``): the
+    end-of-validation line counts each image once, and ``at_limit`` is still given."""
+    task = _task("native")
+    with torch.no_grad():
+        task.predict_batch(_batch(CROP, CROP), report=False)
+        assert task.at_limit == [True] and task.limit_report.take_line("validation") is None
+        task.predict_batch(_batch(CROP, CROP))
+    assert task.limit_report.take_line("validation").startswith("validation: 1 of 1 images")
