@@ -19,12 +19,15 @@ def _still_there(name: str) -> bool:
     import lightning.pytorch.core.mixins.hparams_mixin as hparams_mixin
     import torch
     from lightning.pytorch import LightningModule
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from torchvision.models.detection.retinanet import RetinaNetRegressionHead
 
     checks = {
         "lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters":
             lambda: hasattr(hparams_mixin._given_hyperparameters, "get"),
         "lightning.pytorch.LightningModule()._trainer": lambda: LightningModule()._trainer is None,
+        "lightning.pytorch.callbacks.ModelCheckpoint()._last_global_step_saved":
+            lambda: ModelCheckpoint()._last_global_step_saved == 0,
         "jsonargparse._typehints.adapt_class_type": lambda: callable(jsonargparse._typehints.adapt_class_type),
         "jsonargparse._typehints.NestedArg": lambda: jsonargparse._typehints.NestedArg._fields == ("key", "val"),
         "torch.ops.aten._softmax_backward_data": lambda: callable(torch.ops.aten._softmax_backward_data),

@@ -76,6 +76,18 @@ class TaskCheckpoint(ModelCheckpoint):
             self.filename = "epoch{epoch:02d}-step{step}" + metric
         super().setup(trainer, pl_module, stage)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """As ModelCheckpoint, then ``last.ckpt`` at this step if it was not written: Lightning 2.6 writes it only
+        when the best file was written at the same step, so a validation that did not improve left ``last.ckpt``
+        at an older step (a fine-tuned model predicted with its step-100 weights after 300 steps)."""
+        super().on_validation_end(trainer, pl_module)
+        if (not self.save_last or trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit"
+                or self._last_global_step_saved == trainer.global_step):
+            return
+        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        self.last_model_path = path                  # before saving: it is part of this callback's saved state
+        trainer.save_checkpoint(path, self.save_weights_only)
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             print(self.summary(), flush=True)

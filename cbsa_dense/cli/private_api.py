@@ -21,6 +21,12 @@ Lightning
     when the module is not attached (a task loaded by :func:`cbsa_dense.load`, a unit test); ``_trainer`` is
     None then.
 
+``lightning.pytorch.callbacks.ModelCheckpoint()._last_global_step_saved``
+    :class:`cbsa_dense.callbacks.task_checkpoint.TaskCheckpoint` writes ``last.ckpt`` at a validation whose
+    step Lightning did not save (Lightning 2.6 writes ``last.ckpt`` only together with a new best file). This
+    attribute is the step ModelCheckpoint last wrote a file at; no public attribute says whether this
+    validation's step has been written.
+
 jsonargparse
 ------------
 
@@ -65,6 +71,8 @@ Replaced by public ways (kept out on purpose)
 PRIVATE_NAMES = (
     ("lightning", "lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters", "cbsa_dense.tasks.base"),
     ("lightning", "lightning.pytorch.LightningModule()._trainer", "cbsa_dense.tasks"),
+    ("lightning", "lightning.pytorch.callbacks.ModelCheckpoint()._last_global_step_saved",
+     "cbsa_dense.callbacks.task_checkpoint"),
     ("jsonargparse", "jsonargparse._typehints.adapt_class_type", "cbsa_dense.cli.null_patch"),
     ("jsonargparse", "jsonargparse._typehints.NestedArg", "cbsa_dense.cli.null_patch"),
     ("torch", "torch.ops.aten._softmax_backward_data", "cbsa_dense.layers.cbsa_attention"),

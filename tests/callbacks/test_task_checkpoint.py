@@ -44,3 +44,19 @@ def test_monitor_and_mode_come_from_the_task_unless_given(tmp_path):
     assert (explicit.monitor, explicit.mode, explicit.filename) == ("val_aacc", "max", "best")
     with pytest.raises(ValueError, match="mode='low'"):
         TaskCheckpoint(mode="low").setup(_Trainer(tmp_path), _Task(), "fit")
+
+
+def test_last_ckpt_is_the_latest_validation_also_when_it_did_not_improve(tmp_path):
+    """Lightning 2.6 writes last.ckpt only together with a new best file; a validation that does not improve
+    (here every one after the first: the best is the lowest step) must still leave last.ckpt at its step."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    checkpoint = TaskCheckpoint(monitor="step", mode="min", dirpath=tmp_path)
+    trainer = Trainer(max_steps=6, val_check_interval=2, limit_val_batches=1, callbacks=[checkpoint], logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(BoringModel())
+    best = [p.name for p in tmp_path.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(best) == 1 and best[0].startswith("epoch00-step2-"), best
+    assert torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+    assert checkpoint.last_model_path == str(tmp_path / "last.ckpt")
