@@ -160,6 +160,8 @@ def last_validation(metrics_csv: Path, metric: str) -> dict[str, float]:
     """The logged values of the last row of ``metrics.csv`` that holds ``metric`` (the last validation)."""
     import csv
 
+    if not metrics_csv.is_file():
+        raise DataError(f"benchmark real: {metrics_csv} was not written: the run logged nothing (its fit.log says why)")
     rows = [row for row in csv.DictReader(metrics_csv.open()) if row.get(metric) not in (None, "")]
     if not rows:
         raise DataError(f"benchmark real: {metrics_csv} holds no {metric}: the run validated nowhere (give "

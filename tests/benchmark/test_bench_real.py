@@ -75,3 +75,16 @@ def test_the_cli_entry_reports_a_bad_arm_in_one_line(tmp_path, capsys):
     assert main(["benchmark", "real", "seg", "--arms", "random", "random", "--data-root", str(root),
                  "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 2
     assert "arm names repeat in ['random', 'random']" in capsys.readouterr().err
+
+
+def test_a_run_without_validation_numbers_is_one_line(tmp_path):
+    from cbsa_dense.benchmark.real import last_validation
+    from cbsa_dense.errors import DataError
+
+    with pytest.raises(DataError, match="metrics.csv was not written"):
+        last_validation(tmp_path / "metrics.csv", "val_miou")
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n0,9,0.5\n")
+    with pytest.raises(DataError, match="holds no val_miou: the run validated nowhere"):
+        last_validation(tmp_path / "metrics.csv", "val_miou")
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss,val_miou\n0,9,0.5,\n0,9,,0.25\n1,19,,0.5\n")
+    assert last_validation(tmp_path / "metrics.csv", "val_miou") == {"epoch": 1.0, "step": 19.0, "val_miou": 0.5}
