@@ -61,12 +61,11 @@ class Run:
 
 @dataclass
 class Plan:
-    """Everything a benchmark runs, and what its report needs to name."""
+    """Everything a benchmark runs: its task, its runs, and the folder they write under."""
 
     task: str
+    out: Path
     runs: list[Run] = field(default_factory=list)
-    out: Path = Path("benchmarks/real")
-    command: str = ""
 
 
 def default_tools() -> Path:

@@ -10,12 +10,16 @@ from collections import defaultdict
 _NOT_CLASSES = {"50", "75", "s", "m", "l"}
 
 
+def _mean(values: list[float]) -> str:
+    """The mean in the metric's units x 100 (``-`` for no value)."""
+    return f"{100 * statistics.fmean(values):.1f}" if values else "-"
+
+
 def _spread(values: list[float]) -> str:
     """``mean ± sample std`` (``mean`` alone for one value), in the metric's units x 100."""
-    if not values:
-        return "-"
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+    if len(values) < 2:
+        return _mean(values)
+    return f"{_mean(values)} ± {100 * statistics.stdev(values):.1f}"
 
 
 def class_keys(results: list[dict], prefix: str) -> list[str]:
@@ -63,7 +67,7 @@ def render(task: str, results: list[dict], metric: str, prefix: str, command: st
         lines += ["", f"Per fold ({metric} x 100, mean over seeds):", "",
                   "| arm |" + "".join(f" {f} |" for f in folds), "| --- |" + " --- |" * len(folds)]
         for arm, runs in by_arm.items():
-            cells = [_spread([r["metrics"][metric] for r in runs if r["fold"] == f and metric in r["metrics"]])
-                     .split(" ± ")[0] for f in folds]
+            cells = [_mean([r["metrics"][metric] for r in runs if r["fold"] == f and metric in r["metrics"]])
+                     for f in folds]
             lines.append(f"| {arm} |" + "".join(f" {c} |" for c in cells))
     return "\n".join(lines) + "\n"

@@ -69,8 +69,8 @@ class SegmentationTask(BaseTask):
         weights_strict: see :class:`~cbsa_dense.tasks.base.BaseTask`.
         head_lr_scale: lr multiplier of the decode head (see :class:`~cbsa_dense.tasks.base.BaseTask`).
         class_weight: per-class weights of the cross-entropy loss, in the data's class order (MMSegmentation's
-            ``class_weight``; the loss is the weighted mean over labelled pixels); ``None``: all 1. Raising a
-            rare class's weight makes the model predict it at all (``docs/real_photos.md``).
+            ``class_weight``; the loss is the weighted mean over labelled pixels); ``None``: all 1. On the street
+            frames it did not make the rare "car" class predicted (``docs/real_photos.md``).
     """
 
     #: the metric that ranks checkpoints (:class:`~cbsa_dense.callbacks.TaskCheckpoint`) and its mode
