@@ -139,6 +139,17 @@ def test_info_takes_data_and_model_overrides(tmp_path):
     assert status == 2 and "unrecognized arguments: --trainer.max_steps" in err
 
 
+def test_info_composes_several_configs_as_fit_does(tmp_path):
+    """A second --config goes on top of the first (info took only the last one, which has no whole model)."""
+    arm = tmp_path / "arm.yaml"
+    arm.write_text("model:\n  init_args:\n    head:\n      class_path: CBTDecoder\n      init_args: {n_layers: 1}\n")
+    status, out, err = _run("info", "--config", "finetune_cpu.yaml", "--config", str(arm), "--num-classes", "3")
+    assert status == 0, err
+    assert out.startswith(f"finetune_cpu.yaml + {arm}: SegmentationTask (ViTEncoder + CBTDecoder)"), out
+    assert "GFLOPs train 168x168" in out                                   # the first file's data is kept
+    assert "(ViTEncoder + LinearHead)" in _run("info", "--config", "finetune_cpu.yaml", "--num-classes", "3")[1]
+
+
 def test_info_of_a_detection_config_and_a_sliding_window_protocol():
     status, out, err = _run("info", "--config", "demo_det.yaml", "--json")
     assert status == 0, err

@@ -19,6 +19,7 @@ detection) and said so.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import json
@@ -344,9 +345,9 @@ def main(argv: list[str]) -> int:
               "[--model.* VALUE ...] [--data.* VALUE ...]",
         epilog="--model.* and --data.* options override the config as in `cbsa-dense fit` (e.g. "
                "--model.init_args.encoder.init_args.arch vit_base_patch16_224, --data.init_args.crop_size [640,640]).")
-    parser.add_argument("--config", required=True,
-                        help="training config with a model section: a YAML file or a shipped config name "
-                             "(`cbsa-dense configs` lists them); _base_ files are merged in")
+    parser.add_argument("--config", required=True, action="append",
+                        help="training config with a model section: a YAML file or a shipped config name; "
+                             "_base_ files merged in; given again, each on top of the ones before (as in fit)")
     parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
                         help="training input size (default: the data's crop_size; detection: its image_size)")
     parser.add_argument("--num-classes", type=int, default=None,
@@ -359,15 +360,15 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}; info takes --config, --image-size, "
                           "--num-classes, --json and --model.* / --data.* overrides")
     from cbsa_dense.cli.config_blame import config_error_context
-    from cbsa_dense.cli.config_files import load_config
+    from cbsa_dense.cli.config_files import load_config, merge_configs
 
-    config = load_config(args.config)
+    config = functools.reduce(merge_configs, map(load_config, args.config), {})    # later files on top
     if args.image_size and min(args.image_size) < 1:
         raise ConfigError(f"--image-size {args.image_size[0]} {args.image_size[1]}: give two positive integers "
                           "(height, width)")
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes {args.num_classes}: give a class count >= 1")
-    with config_error_context([], [args.config]):
+    with config_error_context([], args.config):
         cfg = parse_config(config, rest)
         task_class = _class_at(cfg.model)
         kind = _kind(task_class)
@@ -388,7 +389,7 @@ def main(argv: list[str]) -> int:
     evaluation["passes"] = [[list(s), n] for s, n in evaluation["passes"]]
     parts = [type(getattr(getattr(model, "model", model), p, None)).__name__ for p in _PARTS
              if getattr(getattr(model, "model", model), p, None) is not None]
-    result = {"config": str(args.config), "task": f"{task_class.__name__} ({' + '.join(parts)})", "kind": kind,
+    result = {"config": " + ".join(map(str, args.config)), "task": f"{task_class.__name__} ({' + '.join(parts)})", "kind": kind,
               "num_classes": int(num_classes), "num_classes_from": source, "image_size_from": size_from,
               **cache[size], "evaluation": evaluation}
     if args.json:
