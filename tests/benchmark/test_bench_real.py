@@ -4,6 +4,7 @@ own process, the report's numbers read from the runs, and a resume that runs onl
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from cbsa_dense.cli import main
 from cbsa_dense.errors import ConfigError
 from tests.tasks.test_finetune_tiny import TWIN, timm_weights
 from tests.test_bad_images import make_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_leave_one_frame_out_holds_out_each_frame_once(tmp_path):
@@ -88,3 +91,15 @@ def test_a_run_without_validation_numbers_is_one_line(tmp_path):
         last_validation(tmp_path / "metrics.csv", "val_miou")
     (tmp_path / "metrics.csv").write_text("epoch,step,train_loss,val_miou\n0,9,0.5,\n0,9,,0.25\n1,19,,0.5\n")
     assert last_validation(tmp_path / "metrics.csv", "val_miou") == {"epoch": 1.0, "step": 19.0, "val_miou": 0.5}
+
+
+@pytest.mark.parametrize("arm", sorted(p.name for p in (ROOT / "benchmarks" / "real").glob("*.yaml")))
+def test_every_shipped_arm_config_parses_on_its_base(arm):
+    """Each benchmarks/real/*.yaml parses on top of its task's base config, as ``fit`` would compose them (a
+    typo or a class switch that leaks the other class's init_args fails here, not after the data is built)."""
+    from cbsa_dense.cli.commands.info import parse_config
+    from cbsa_dense.cli.config_files import load_config, merge_configs
+
+    base = "finetune_det_cpu.yaml" if arm.startswith("det_") else "finetune_cpu.yaml"
+    cfg = parse_config(merge_configs(load_config(base), load_config(ROOT / "benchmarks" / "real" / arm)))
+    assert cfg.model.class_path.endswith("DetectionTask" if arm.startswith("det_") else "SegmentationTask")

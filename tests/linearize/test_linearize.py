@@ -192,7 +192,7 @@ def _finetune_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--model.init_args.evaluation.scale", "[112, 56]", f"{enc}img_size", "56",
             f"{enc}patch_size", "14", f"{enc}embed_dim", "32", f"{enc}depth", "2", f"{enc}num_heads", "2",
             f"{enc}init_values", "1.0", f"{enc}attn_layer.init_args.grid", "[2, 2]",
-            "--model.init_args.head.init_args.n_layers", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
             "--trainer.default_root_dir", str(tmp_path), *extra]
 

