@@ -4,17 +4,15 @@ own process, the report's numbers read from the runs, and a resume that runs onl
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cbsa_dense.benchmark.real import arm_args, benchmark_real, build_material, frame_folds
 from cbsa_dense.cli import main
 from cbsa_dense.errors import ConfigError
+from tests.conftest import ROOT
 from tests.tasks.test_finetune_tiny import TWIN, timm_weights
 from tests.test_bad_images import make_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_leave_one_frame_out_holds_out_each_frame_once(tmp_path):
