@@ -41,7 +41,7 @@ class BaseTask(LightningModule):
         head_lr_scale: lr multiplier of everything outside the encoder (neck, head), on top of the layer
             decay (which gives them the full lr): fine-tuning pretrained weights with a fresh head often
             wants e.g. 10 (``finetune_det_cpu.yaml``). Must be > 0.
-        freeze: glob patterns of parameter names to freeze (e.g. ``["encoder.*"]``).
+        freeze: glob patterns of parameter names to freeze (e.g. ``["model.encoder.*"]``).
         weights: weights-only initialization of ``model`` at the start of a fresh ``fit`` (not when
             resuming with ``--ckpt_path``): a checkpoint of this project, a plain state dict, the authors'
             released Segmenter or CBT checkpoints, or timm/DINOv2 ViT weights (encoder only). Weights
@@ -98,7 +98,9 @@ class BaseTask(LightningModule):
                 param.requires_grad_(False)
                 frozen.append(name)
         if self.freeze_patterns and not frozen:
-            raise ConfigError(f"freeze patterns {self.freeze_patterns} match no parameter of {type(self).__name__}")
+            tops = sorted({".".join(name.split(".")[:2]) + ".*" for name, _ in self.named_parameters()})
+            raise ConfigError(f"model freeze={self.freeze_patterns} matches no parameter of {type(self).__name__}: "
+                              f"its parameters are under {', '.join(tops)} (e.g. freeze: [\"model.encoder.*\"])")
         return frozen
 
     def load_weights(self, path: str):

@@ -25,3 +25,13 @@ def test_weights_and_freeze_through_the_cli(seg_run, seg_ckpt, tmp_path):
     trained = "model.encoder.blocks.1.attn.qkv.weight"
     assert not torch.equal(tuned[trained], source[trained])                     # loaded, then trained
     assert (tuned[trained] - source[trained]).abs().max() < 0.1                 # ... starting from the file
+
+
+def test_a_freeze_pattern_that_matches_nothing_names_the_prefixes(capsys):
+    """``freeze: ["encoder.*"]`` (the names lack ``model.``) is one line that shows where the parameters are."""
+    from tests.conftest import cli_user_error
+
+    message = cli_user_error(["fit", "--config", str(CONFIG), "--model.init_args.freeze", '["encoder.*"]',
+                              "--trainer.max_steps", "1"], capsys)
+    assert "freeze=['encoder.*']" in message
+    assert "model.encoder.*" in message and "model.head.*" in message
