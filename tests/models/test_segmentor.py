@@ -113,3 +113,21 @@ def test_uper_head_over_several_vit_levels():
     assert encoder.blocks[0].attn.qkv.weight.grad is not None and head.lateral[0][0].weight.grad is not None
     with pytest.raises(ValueError, match="2 scales for 3 levels"):
         UPerHead([16, 16, 16], 5, in_index=[0, 1, 2], scales=[1, 1])
+
+
+def test_linear_head_batch_norm_standardizes_the_channels():
+    """``norm: batch`` (DINOv2's linear head): in training, rescaling and shifting a channel changes nothing;
+    without it, the logits follow the raw scale."""
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 5, 5)
+    skewed = features * torch.linspace(0.1, 50.0, 8).view(1, 8, 1, 1) + 3.0
+    with_bn, plain = LinearHead(8, 3, norm="batch"), LinearHead(8, 3)
+    torch.testing.assert_close(with_bn([skewed]), with_bn([features]), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain([skewed]), plain([features]), atol=1e-2)
+
+
+def test_linear_head_refuses_an_unknown_norm():
+    from cbsa_dense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="norm='layer'"):
+        LinearHead(8, 3, norm="layer")
