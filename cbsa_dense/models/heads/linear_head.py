@@ -20,9 +20,9 @@ class LinearHead(SegHead):
         dropout: dropout before the classifier.
         in_index: which encoder output to classify.
         norm: ``"batch"`` puts a BatchNorm over the encoder's channels before the classifier (DINOv2's linear
-            segmentation head, mmseg's ``BNHead``): the classifier then sees standardized channels and learns
-            in far fewer steps. ``None``: the classifier alone (Segmenter's linear decoder). Under DDP use
-            ``trainer.sync_batchnorm: true``.
+            segmentation head, mmseg's ``BNHead``): the classifier sees standardized channels. On the street
+            frames it did not help (docs/real_photos.md). ``None``: the classifier alone (Segmenter's linear
+            decoder). Under DDP use ``trainer.sync_batchnorm: true``.
 
     Shapes: features[in_index] (B, in_channels, h, w) -> logits (B, num_classes, h, w).
     """
