@@ -2,7 +2,7 @@
 """What the encoder's features hold, apart from fine-tuning, and what the training crops show of each class.
 
 * For each arm (pretrained ``softmax``; ``cbsa`` = finetune_cpu.yaml's encoder after its attention transfer on
-  each fold's training crops), encoder frozen: a ridge classifier on the tokens of 4 street frames seen whole at
+  each fold's training crops; encoder, transfer, crops and evaluation size are read from that config), encoder frozen: a ridge classifier on the tokens of 4 street frames seen whole at
   the config's evaluation size (448x252), scored on the tokens of the 5th, leave one frame out over the folds
   that ``cbsa-dense benchmark real seg`` made in ``--cache``/folds (token label: the majority class of each
   14x14 patch). Deterministic: what a linear head can read from the features, without fine-tuning's noise.
@@ -11,7 +11,7 @@
 
     python benchmarks/feature_probe.py --cache data_cache/real [--arms softmax cbsa] [--threads 2] [--out p.json]
 
-Per-class IoU x 100 over the tokens of the 5 held-out frames pooled. About 6 minutes on 2 cores (the CBSA arm
+Per-class IoU x 100 over the tokens of the 5 held-out frames pooled. About 2 minutes with --threads 2 (the CBSA arm
 transfers the attention once per fold). Numbers: docs/real_photos.md.
 """
 
@@ -22,10 +22,18 @@ import json
 from functools import partial
 from pathlib import Path
 
-CROP, SCALE, STRIDE = (168, 168), (448, 252), (112, 112)
+
+def _recipe() -> dict:
+    """The pieces of finetune_cpu.yaml the probe repeats: encoder, attention transfer, training data, evaluation size."""
+    from cbsa_dense.cli.config_files import load_config
+
+    config = load_config("finetune_cpu.yaml")
+    (transfer,) = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"] == "AttentionTransfer"]
+    return {"encoder": config["model"]["init_args"]["encoder"]["init_args"], "transfer": transfer,
+            "data": config["data"]["init_args"], "scale": config["model"]["init_args"]["evaluation"]["scale"]}
 
 
-def _encoder(arm: str, weights: Path, fold: Path, seed: int):
+def _encoder(arm: str, weights: Path, fold: Path, seed: int, recipe: dict):
     from lightning.pytorch import seed_everything
 
     from cbsa_dense.layers import CBSAAttention
@@ -33,24 +41,34 @@ def _encoder(arm: str, weights: Path, fold: Path, seed: int):
     from cbsa_dense.models.encoders import ViTEncoder
 
     seed_everything(seed, verbose=False)
-    attn = partial(CBSAAttention, grid=(6, 6), variant="qkv", broadcast="query", local_kernel=3) if arm == "cbsa" else None
-    encoder = ViTEncoder(arch="vit_small_patch14_dinov2", img_size=CROP[0], attn_layer=attn, pretrained=str(weights))
-    if arm == "cbsa":                              # finetune_cpu.yaml's AttentionTransfer settings
-        data = _data(fold, 0.0)
-        linearize_encoder(encoder, data.train_dataloader(), LinearizeSettings(
-            steps=60, eval_every=20, train=("local", "qk"), double_size_check=False), progress=False)
+    enc = recipe["encoder"]
+    attn = partial(CBSAAttention, **enc["attn_layer"]["init_args"]) if arm == "cbsa" else None
+    encoder = ViTEncoder(arch=enc["arch"], img_size=enc["img_size"], attn_layer=attn, pretrained=str(weights))
+    if arm == "cbsa":
+        t = recipe["transfer"]
+        linearize_encoder(encoder, _data(fold, 0.0, recipe).train_dataloader(), LinearizeSettings(
+            steps=t["steps"], eval_every=t["eval_every"], train=tuple(t["train"]), double_size_check=False),
+            progress=False)
     return encoder.eval().requires_grad_(False)
 
 
-def _data(fold: Path, balanced: float):
+def _data(fold: Path, balanced: float, recipe: dict):
     from cbsa_dense.data.seg_folder import SegFolderDataModule
     from cbsa_dense.tasks.eval_protocol import SegEvaluation
 
-    data = SegFolderDataModule(root=str(fold), batch_size=2, val_batch_size=1, num_workers=0, crop_size=CROP,
-                               scale=SCALE, ratio_range=(0.75, 1.5), class_balanced_crops=balanced,
-                               evaluation=SegEvaluation(scale=SCALE))
+    d = recipe["data"]
+    data = SegFolderDataModule(root=str(fold), batch_size=d["batch_size"], val_batch_size=1, num_workers=0,
+                               crop_size=d["crop_size"], scale=d["scale"], ratio_range=d["ratio_range"],
+                               class_balanced_crops=balanced, evaluation=SegEvaluation(scale=recipe["scale"]))
     data.setup("fit")
     return data
+
+
+def _class_counts(mask):
+    """Labelled pixels of each of the 3 classes in ``mask`` (ignore index 255 dropped)."""
+    import torch
+
+    return torch.bincount(mask[mask != 255].flatten(), minlength=3)[:3].float()
 
 
 def _ious(confusion) -> list[float]:
@@ -59,15 +77,15 @@ def _ious(confusion) -> list[float]:
     return [round(100 * float(v), 1) for v in scores_from_confusion(confusion)["iou"]]
 
 
-def _ridge(encoders: dict[Path, object], folds: list[Path]) -> list[float]:
-    """Token-level ridge probe over whole frames, leave one frame out; fold k's frames are read by fold k's
-    encoder (for CBSA: the one whose attention transfer saw only fold k's training frames)."""
+def _ridge(encoders: dict[Path, object], folds: list[Path], frames: list[dict]) -> list[float]:
+    """Token-level ridge probe over whole frames, leave one frame out (``frames[k]``: fold k's validation
+    batch); fold k's frames are read by fold k's encoder (for CBSA: the one whose attention transfer saw only
+    fold k's training frames)."""
     import torch
     import torch.nn.functional as F
 
     from cbsa_dense.metrics.miou import confusion_matrix
 
-    frames = [next(iter(_data(fold, 0.0).val_dataloader())) for fold in folds]      # fold k holds frame k out
     confusion = 0
     for k, fold in enumerate(folds):
         feats, labels = [], []
@@ -90,25 +108,11 @@ def _ridge(encoders: dict[Path, object], folds: list[Path]) -> list[float]:
     return _ious(confusion)
 
 
-def _frame_shares(folds: list[Path]):
-    import torch
-
-    counts = torch.zeros(3)
-    for fold in folds:
-        mask = next(iter(_data(fold, 0.0).val_dataloader()))["mask"]
-        counts += torch.bincount(mask[mask != 255].flatten(), minlength=3)[:3].float()
-    return counts / counts.sum()
-
-
-def _crop_shares(fold: Path, balanced: float, batches: int) -> list[float]:
+def _crop_shares(fold: Path, balanced: float, batches: int, recipe: dict) -> list[float]:
     """Share of each class among the labelled pixels of ``batches`` training batches (the loader's own crops)."""
-    import torch
-
-    counts = torch.zeros(3)
-    loader = _data(fold, balanced).train_dataloader()
-    for i, batch in enumerate(loader):
-        mask = batch["mask"]
-        counts += torch.bincount(mask[mask != 255].flatten(), minlength=3)[:3].float()
+    counts = 0
+    for i, batch in enumerate(_data(fold, balanced, recipe).train_dataloader()):
+        counts = counts + _class_counts(batch["mask"])
         if i + 1 == batches:
             break
     return [round(100 * float(c), 2) for c in counts / counts.sum()]
@@ -134,19 +138,21 @@ def main() -> None:
     if not folds or not weights.is_file():
         parser.error(f"{args.cache} has no folds/street_* or dinov2_vits14.safetensors: run `cbsa-dense benchmark "
                      f"real seg --cache {args.cache}` first")
-    results = {}
-    totals = [round(100 * float(c), 2) for c in _frame_shares(folds)]
-    results["frame pixels"] = totals
+    recipe = _recipe()
+    frames = [next(iter(_data(fold, 0.0, recipe).val_dataloader())) for fold in folds]    # fold k holds frame k out
+    counts = sum(_class_counts(frame["mask"]) for frame in frames)
+    totals = [round(100 * float(c), 2) for c in counts / counts.sum()]
+    results = {"frame pixels": totals}
     print(f"pixels of the 5 frames: background / car / truck {totals} %", flush=True)
     for arm in args.arms:
-        encoders = {fold: _encoder(arm, weights, fold, args.seed) for fold in folds}
-        ious = _ridge(encoders, folds)
+        encoders = {fold: _encoder(arm, weights, fold, args.seed, recipe) for fold in folds}
+        ious = _ridge(encoders, folds, frames)
         results[arm] = ious
         print(f"{arm:8s} ridge probe, IoU background / car / truck: {ious}  mIoU {sum(ious) / len(ious):.1f}",
               flush=True)
     for balanced in args.class_balanced_crops:
         seed_everything(args.seed, verbose=False)
-        shares = [_crop_shares(fold, balanced, args.batches) for fold in folds]
+        shares = [_crop_shares(fold, balanced, args.batches, recipe) for fold in folds]
         mean = [round(sum(c) / len(c), 2) for c in zip(*shares)]
         results[f"crop pixels, class_balanced_crops {balanced}"] = mean
         print(f"pixels of {args.batches} training batches, class_balanced_crops {balanced}: background / car / "
