@@ -69,6 +69,11 @@ class Detector(nn.Module):
         """
         if self.training and targets is None:
             raise ValueError(f"{type(self.head).__name__} needs targets in training mode (or call .eval())")
+        images, targets = self.pad(images, targets)
+        return self.decode(self.encoder(images)[-1], images, image_sizes, targets)
+
+    def pad(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None):
+        """``images`` (and the targets' masks) padded at the bottom/right to a multiple of the encoder's stride."""
         h, w = images.shape[-2:]
         div = self.size_divisible
         pad_h, pad_w = (-h) % div, (-w) % div
@@ -76,7 +81,13 @@ class Detector(nn.Module):
             images = F.pad(images, (0, pad_w, 0, pad_h))
             if targets is not None and self.with_masks:
                 targets = [{**t, "masks": F.pad(t["masks"], (0, pad_w, 0, pad_h))} for t in targets]
-        features = self.neck(self.encoder(images)[-1])
+        return images, targets
+
+    def decode(self, encoded: Tensor, images: Tensor, image_sizes: Sequence[tuple[int, int]],
+               targets: list[dict[str, Tensor]] | None = None):
+        """:meth:`forward` after the encoder: ``encoded`` is its last map of the padded ``images``, whose shape
+        alone the head reads (a zero-stride view of that shape does)."""
+        features = self.neck(encoded)
         batch = ImageList(images, [(int(a), int(b)) for a, b in image_sizes])
         return self.head(batch, features, targets)
 

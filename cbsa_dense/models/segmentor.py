@@ -50,8 +50,11 @@ class Segmentor(nn.Module):
         self.output_stride = min(strides[i] for i in getattr(self.head, "in_index", [-1]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        features = self.encoder(images)
+        return self.decode(self.encoder(images), images.shape[-2:])
+
+    def decode(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, num_classes, h, w) of the encoder's ``features`` of images of ``size`` (h, w)."""
+        h, w = size
         logits = self.head(features)
         s = self.output_stride
         padded = (math.ceil(h / s) * s, math.ceil(w / s) * s)

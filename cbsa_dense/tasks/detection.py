@@ -22,7 +22,13 @@ from cbsa_dense.tasks.detection_limits import (
     keep_best,
     raised_limits,
 )
-from cbsa_dense.tasks.detection_results import class_note, coco_results, detections_per_class, gather_results
+from cbsa_dense.tasks.detection_results import (
+    coco_results,
+    detections_per_class,
+    gather_results,
+    per_class_table,
+    per_class_values,
+)
 from cbsa_dense.tasks.eval_protocol import DetEvaluation, evaluation_from
 from cbsa_dense.tasks.reporting import LastValidationReport, per_class_keys
 
@@ -196,14 +202,28 @@ class DetectionTask(BaseTask):
         """See :meth:`Detector.forward`."""
         return self.model(images, image_sizes, targets)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def _targets(self, batch: dict) -> list[dict[str, Tensor]]:
         targets = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
         if self.model.with_masks:
             for target, masks in zip(targets, batch["masks"]):
                 target["masks"] = masks
-        losses = self.model(batch["image"], batch["image_size"], targets)
-        loss = sum(losses.values())
-        size = len(targets)
+        return targets
+
+    # ------------------------------------------------- head warm-up (cbsa_dense.callbacks.HeadWarmup)
+    def head_inputs(self, batch: dict) -> dict:
+        """What neck and head need of a training batch: the encoder's last map (detached), sizes and targets."""
+        images, targets = self.model.pad(batch["image"], self._targets(batch))
+        return {"encoded": self.model.encoder(images)[-1].detach(), "shape": tuple(images.shape),
+                "image_size": batch["image_size"], "targets": targets}
+
+    def head_loss(self, inputs: dict) -> Tensor:
+        """The training loss of :meth:`head_inputs`' batch, through neck and head alone."""
+        images = inputs["encoded"].new_zeros(()).expand(inputs["shape"])    # the head reads the padded shape alone
+        return sum(self.model.decode(inputs["encoded"], images, inputs["image_size"], inputs["targets"]).values())
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        losses = self.model(batch["image"], batch["image_size"], self._targets(batch))
+        loss, size = sum(losses.values()), len(batch["boxes"])
         self.log("train_loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train_{k}": v for k, v in losses.items()}, batch_size=size)
         return loss
@@ -309,17 +329,8 @@ class DetectionTask(BaseTask):
         return names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
 
     def _per_class(self, result: dict, iou_type: str) -> list[tuple[float | None, float | None]]:
-        """(AP, AR at the largest detection limit) of every class of one IoU type; ``None`` where COCO gives none
-        (no ground truth of the class; the metric computed without ``class_metrics``)."""
-        src = f"{iou_type}_" if len(self.iou_types) > 1 else ""
-        classes = result.get("classes", torch.zeros(0)).reshape(-1).tolist()   # never prefixed
-        aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
-        ars = result.get(f"{src}mar_{self.max_detection_thresholds[-1]}_per_class", torch.zeros(0)).reshape(-1).tolist()
-        values: list[tuple[float | None, float | None]] = [(None, None)] * self.num_classes
-        for label, ap, ar in zip(classes, aps, ars):
-            if 0 <= int(label) < self.num_classes:
-                values[int(label)] = (ap if ap >= 0 else None, ar if ar >= 0 else None)
-        return values
+        prefix = iou_type if len(self.iou_types) > 1 else ""
+        return per_class_values(result, prefix, self.max_detection_thresholds[-1], self.num_classes)
 
     def _report_limits(self, stage: str) -> None:
         line = self.limit_report.take_line(stage)
@@ -351,22 +362,11 @@ class DetectionTask(BaseTask):
 
     def _report_per_class(self, result: dict, detections: list[int], stage: str = "test",
                           step: int | None = None) -> None:
-        """Print the per-class AP table of each IoU type (rank 0): AP, AR at the largest detection limit, the
-        number of detections, and a note: "never predicted" for a class with ground truth and no detection,
-        "not in the ground truth" for one with detections only ("-": COCO gives it no AP)."""
-        ar_name = f"AR{self.max_detection_thresholds[-1]}"
+        """Print the per-class AP table of each IoU type (rank 0): :func:`~.detection_results.per_class_table`."""
         at = f" of the last validation (step {step})" if stage == "val" and step is not None else ""
         for iou_type in self.iou_types:
-            rows, never = [], []
-            for name, (ap, ar), count in zip(self._class_names(), self._per_class(result, iou_type), detections):
-                note = class_note(ap is not None, count)
-                if note == "never predicted":
-                    never.append(name)
-                cells = ["-" if v is None else f"{v:.4f}" for v in (ap, ar)]
-                rows.append(f"{name:<24} {cells[0]:>7} {cells[1]:>7} {count:>10}  {note}".rstrip())
-            header = f"{'class':<24} {'AP':>7} {ar_name:>7} {'detections':>10}  note"
-            footer = f"\nnever predicted: {', '.join(never)} (no detection; their AP is 0)" if never else ""
-            rank_zero_info(f"per-class {iou_type} AP{at}\n{header}\n" + "\n".join(rows) + footer)
+            rank_zero_info(per_class_table(self._class_names(), self._per_class(result, iou_type), detections,
+                                           iou_type, f"AR{self.max_detection_thresholds[-1]}", at))
 
     # --------------------------------------------------------------------------------------- results
     def to_coco_results(self, preds: list[dict[str, Tensor]], image_ids) -> list[dict]:

@@ -22,6 +22,38 @@ def class_note(has_ap: bool, detections: int) -> str:
     return "never predicted" if detections == 0 else ""
 
 
+def per_class_values(result: dict, prefix: str, max_dets: int, num_classes: int) -> list[tuple[float | None, float | None]]:
+    """(AP, AR at ``max_dets``) of every class of one IoU type in a COCO metric's ``result`` (keys prefixed
+    ``prefix_`` when the metric scores several IoU types); ``None`` where COCO gives none (no ground truth of the
+    class; the metric computed without ``class_metrics``)."""
+    src = f"{prefix}_" if prefix else ""
+    classes = result.get("classes", torch.zeros(0)).reshape(-1).tolist()   # never prefixed
+    aps = result.get(f"{src}map_per_class", torch.zeros(0)).reshape(-1).tolist()
+    ars = result.get(f"{src}mar_{max_dets}_per_class", torch.zeros(0)).reshape(-1).tolist()
+    values: list[tuple[float | None, float | None]] = [(None, None)] * num_classes
+    for label, ap, ar in zip(classes, aps, ars):
+        if 0 <= int(label) < num_classes:
+            values[int(label)] = (ap if ap >= 0 else None, ar if ar >= 0 else None)
+    return values
+
+
+def per_class_table(names: list[str], values: list[tuple[float | None, float | None]], detections: list[int],
+                    iou_type: str, ar_name: str, at: str = "") -> str:
+    """The per-class AP table of one IoU type: AP, AR, the number of detections, and a note: "never predicted" for
+    a class with ground truth and no detection, "not in the ground truth" for one with detections only ("-": COCO
+    gives it no AP)."""
+    rows, never = [], []
+    for name, (ap, ar), count in zip(names, values, detections):
+        note = class_note(ap is not None, count)
+        if note == "never predicted":
+            never.append(name)
+        cells = ["-" if v is None else f"{v:.4f}" for v in (ap, ar)]
+        rows.append(f"{name:<24} {cells[0]:>7} {cells[1]:>7} {count:>10}  {note}".rstrip())
+    header = f"{'class':<24} {'AP':>7} {ar_name:>7} {'detections':>10}  note"
+    footer = f"\nnever predicted: {', '.join(never)} (no detection; their AP is 0)" if never else ""
+    return f"per-class {iou_type} AP{at}\n{header}\n" + "\n".join(rows) + footer
+
+
 def detections_per_class(metric: COCOMeanAveragePrecision, num_classes: int) -> list[int]:
     """The detections of each class that ``metric`` holds, over all processes (each image once when the metric
     has image ids). Collective under DDP, like ``compute``: every rank calls it."""

@@ -148,27 +148,42 @@ class SegmentationTask(BaseTask):
     # ----------------------------------------------------------------------------------------- train
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
-        logits = self.model(images)
-        if logits.shape[-2:] != masks.shape[-2:]:
-            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        all_ignored = not bool((masks != IGNORE_INDEX).any())
+        loss, all_ignored = self._pixel_loss(self.model(images), masks)
         if all_ignored:
-            # Every pixel is ignored: the mean over zero labelled pixels would be 0/0 = NaN. Such a batch
-            # teaches nothing: loss 0 (kept in the graph so every rank and the optimizer step as usual),
-            # counted in ``train_all_ignored_batches`` (per epoch) and warned about once.
-            loss = logits.sum() * 0.0
             self.all_ignored_batches += 1
             if self.all_ignored_batches == 1:
                 log.warning("training batch %d (epoch %d) has no labelled pixel (all %d are ignore=%d): it adds "
                             "zero loss; such batches are counted in train_all_ignored_batches. Check the masks "
                             "of: %s", batch_idx, self.current_epoch, masks.numel(), IGNORE_INDEX,
                             ", ".join(str(p) for p in batch.get("path", [])[:4]) or "?")
-        else:
-            loss = F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX)
         self.log("train_loss", loss, prog_bar=True, batch_size=images.shape[0])
         self.log("train_all_ignored_batches", float(all_ignored), on_step=False, on_epoch=True, reduce_fx="sum",
                  sync_dist=True, batch_size=images.shape[0])
         return loss
+
+    def _pixel_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Cross-entropy of logits upsampled to the masks, and whether every pixel is ignored.
+
+        Every pixel ignored: the mean over zero labelled pixels would be 0/0 = NaN. Such a batch teaches
+        nothing: loss 0, kept in the graph so that every rank and the optimizer step as usual (``training_step``
+        counts it in ``train_all_ignored_batches`` and warns once).
+        """
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        if not bool((masks != IGNORE_INDEX).any()):
+            return logits.sum() * 0.0, True
+        return F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX), False
+
+    # ------------------------------------------------- head warm-up (cbsa_dense.callbacks.HeadWarmup)
+    def head_inputs(self, batch: dict) -> dict:
+        """What the head needs of a training batch: the encoder's features (detached), masks and input size."""
+        images = batch["image"]
+        return {"features": [f.detach() for f in self.model.encoder(images)], "mask": batch["mask"],
+                "size": tuple(images.shape[-2:])}
+
+    def head_loss(self, inputs: dict) -> torch.Tensor:
+        """The training loss of :meth:`head_inputs`' batch, through the head alone."""
+        return self._pixel_loss(self.model.decode(inputs["features"], inputs["size"]), inputs["mask"])[0]
 
     # ------------------------------------------------------------------------------------------ eval
     def predict_scores(self, batch: dict) -> list[torch.Tensor]:
