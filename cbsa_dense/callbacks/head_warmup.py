@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from cbsa_dense.data.loaders import loader_passes
 from cbsa_dense.errors import ConfigError
 
 
@@ -102,15 +103,17 @@ class HeadWarmup(Callback):
         kept = []
         encoder_mode = encoder.training
         encoder.eval()                          # features as fine-tuning starts them, without drop-path noise
-        with torch.no_grad():
-            for batch in trainer.datamodule.train_dataloader() if trainer.datamodule else trainer.train_dataloader:
-                batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-                kept.append(pl_module.head_inputs(batch))
-                if len(kept) == self.batches:
-                    break
+        loader = trainer.datamodule.train_dataloader() if trainer.datamodule else trainer.train_dataloader
+        try:
+            with torch.no_grad():
+                for batch in loader_passes(loader):    # as many passes over a small training set as it takes
+                    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                    kept.append(pl_module.head_inputs(batch))
+                    if len(kept) == self.batches:
+                        break
+        except ValueError as err:
+            raise ConfigError(f"HeadWarmup: {err}") from None
         encoder.train(encoder_mode)
-        if not kept:
-            raise ConfigError("HeadWarmup: the training loader gave no batch")
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},

@@ -199,3 +199,21 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, collate
     if distributed_world()[0] > 1:
         return DataLoader(MarkPadding(dataset), sampler=PaddedEvalSampler(dataset), **kwargs)
     return DataLoader(dataset, shuffle=False, **kwargs)
+
+
+def loader_passes(loader: DataLoader, first_epoch: int = 0) -> Iterator:
+    """Batches of passes ``first_epoch``, ``first_epoch + 1``, ... over ``loader``, endlessly (each pass seeded by
+    its number through the sampler's ``set_epoch``): work before training that needs more batches than an epoch
+    holds (attention transfer, head warm-up). A loader that yields no batch is a ``ValueError``."""
+    epoch = first_epoch
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("the training loader yields no batch (no training images?)")
+        epoch += 1

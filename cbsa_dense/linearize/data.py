@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from cbsa_dense.data.loaders import loader_passes
 from cbsa_dense.errors import ConfigError
 
 #: Epoch number of the held-out pass: its crops and order differ from those of the training passes.
@@ -42,13 +43,8 @@ def holdout_batches(loader: DataLoader, count: int) -> list[torch.Tensor]:
 
 def training_batches(loader: DataLoader) -> Iterator[torch.Tensor]:
     """Image batches of passes 0, 1, 2, ... over ``loader``, endlessly (each pass seeded by its number)."""
-    epoch = 0
-    while True:
-        _set_epoch(loader, epoch)
-        yielded = False
-        for batch in loader:
-            yielded = True
+    try:
+        for batch in loader_passes(loader):
             yield _images(batch)
-        if not yielded:
-            raise ConfigError("attention transfer: the training loader yields no batch (no training images?)")
-        epoch += 1
+    except ValueError as err:
+        raise ConfigError(f"attention transfer: {err}") from None

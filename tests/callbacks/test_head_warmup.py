@@ -78,9 +78,10 @@ def test_head_loss_is_the_training_loss_through_the_head_alone():
 
 
 def _trainer(batches, callbacks=(), ckpt_path=None):
+    """A trainer whose training loader's epoch is ``batches`` (a list: every pass yields it again)."""
     return SimpleNamespace(ckpt_path=ckpt_path, callbacks=list(callbacks), world_size=1, loggers=[],
                            strategy=SingleDeviceStrategy(device=torch.device("cpu")),
-                           datamodule=SimpleNamespace(train_dataloader=lambda: iter(batches)))
+                           datamodule=SimpleNamespace(train_dataloader=lambda: batches))
 
 
 def test_warmup_trains_the_head_and_leaves_the_encoder(caplog):
@@ -90,17 +91,21 @@ def test_warmup_trains_the_head_and_leaves_the_encoder(caplog):
     head = {k: v.clone() for k, v in task.model.head.state_dict().items()}
     with torch.no_grad():
         before = sum(float(task.head_loss(task.head_inputs(b))) for b in batches)
-    callback = HeadWarmup(batches=3, steps=60, lr=1e-2)
+    callback = HeadWarmup(batches=10, steps=60, lr=1e-2)
+    seen = []
+    task.head_inputs = lambda batch: seen.append(batch) or SegmentationTask.head_inputs(task, batch)
     with caplog.at_level("INFO"):
         callback.on_train_start(_trainer(batches), task)
     assert callback.done
+    # 10 batches kept from an epoch of 4: as many passes over the loader as it takes (a small training set)
+    assert len(seen) == 10 and torch.equal(seen[4]["image"], batches[0]["image"])
     assert all(torch.equal(v, task.model.encoder.state_dict()[k]) for k, v in encoder.items())
     assert not any(torch.equal(v, task.model.head.state_dict()[k]) for k, v in head.items())
     with torch.no_grad():
         after = sum(float(task.head_loss(task.head_inputs(b))) for b in batches)
     assert after < 0.5 * before, (before, after)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("head warm-up:")]
-    assert "60 steps" in line and "3 training batches in" in line
+    assert "60 steps" in line and "10 training batches in" in line
     first, last = (float(x) for x in line.split("loss ")[1].split(" (")[0].split(" -> "))
     assert last < first
 
@@ -122,6 +127,8 @@ def test_warmup_runs_once_and_after_the_attention_transfer(caplog):
         HeadWarmup(steps=2).on_train_start(_trainer(batches, [AttentionTransfer(steps=2)]), task)
     with pytest.raises(ConfigError, match="steps=0 must be a positive integer"):
         HeadWarmup(steps=0)
+    with pytest.raises(ConfigError, match="HeadWarmup: the training loader yields no batch"):
+        HeadWarmup(steps=2).on_train_start(_trainer([]), task)
     for p in task.model.head.parameters():
         p.requires_grad_(False)
     caplog.clear()
