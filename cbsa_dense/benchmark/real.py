@@ -9,11 +9,12 @@ mean and spread per arm, per class and per fold, with the wall time of each run
 - **det**: the deepforest tree crowns of one Yellowstone photo (``train_same_site.json``), validated on the other
   photo of that site whole (``val_same_site.json``); base config ``finetune_det_cpu.yaml``.
 
-Arms: ``random`` (no pretrained weights), ``softmax`` (pretrained, softmax attention kept), ``cbsa`` (pretrained,
-the shipped CBSA path: query broadcast, local term, attention transfer), and ``NAME=CONFIG.yaml`` (the base config
-with that file on top, pretrained weights given). Each run is a ``cbsa-dense fit`` in its own process, with
-``--threads`` torch threads; ``--jobs`` of them run at once. A run that finished has ``result.json`` in its folder
-and is not run again: an interrupted benchmark resumes where it stopped.
+Arms: ``random`` (no pretrained weights, nothing frozen), ``softmax`` (pretrained, softmax attention kept),
+``cbsa`` (pretrained, the shipped CBSA path: query broadcast, local term, attention transfer), and
+``NAME=CONFIG.yaml`` (the base config with that file on top, pretrained weights given). Each run is a
+``cbsa-dense fit`` in its own process, with ``--threads`` torch threads; ``--jobs`` of them run at once. A run
+that finished has ``result.json`` in its folder and is not run again: an interrupted benchmark resumes where it
+stopped.
 
 The photos and the DINOv2 ViT-S/14 weights come from the project's test tools (``../shared/tools`` beside the
 checkout, or ``--tools``), built once into ``--cache``; ``--data-root`` and ``--weights`` give your own instead.
@@ -117,8 +118,8 @@ def frame_folds(root: Path, cache: Path, count: int | None) -> dict[str, Path]:
 def arm_args(arm: str, weights: Path | None) -> list[str]:
     """The ``fit`` arguments of an arm on top of the base config."""
     name, _, config = arm.partition("=")
-    if name == "random":
-        return [f"{_ENCODER}.pretrained", "null"]
+    if name == "random":                   # nothing frozen: a config that keeps pretrained layers would keep noise
+        return [f"{_ENCODER}.pretrained", "null", "--model.init_args.freeze", "null"]
     if weights is None:
         raise ConfigError(f"benchmark real: arm {arm!r} starts from pretrained weights: give --weights FILE (or "
                           "--tools, to build the DINOv2 ViT-S/14 weights)")

@@ -34,7 +34,8 @@ def test_arms_and_tools_are_checked_in_one_line(tmp_path):
         arm_args("softmax", None)
     with pytest.raises(ConfigError, match="arm 'mine=nope.yaml': config file nope.yaml does not exist"):
         arm_args("mine=nope.yaml", tmp_path / "w.safetensors")
-    assert arm_args("random", None) == ["--model.init_args.encoder.init_args.pretrained", "null"]
+    assert arm_args("random", None) == ["--model.init_args.encoder.init_args.pretrained", "null",
+                                        "--model.init_args.freeze", "null"]
     with pytest.raises(ConfigError, match=r"the tool .*labelme_real_seg.py that builds real_seg is not here"):
         build_material(tmp_path / "tools" / "labelme_real_seg.py", tmp_path / "real_seg")
 
