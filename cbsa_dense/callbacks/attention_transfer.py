@@ -6,16 +6,17 @@ import json
 from collections.abc import Sequence
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from cbsa_dense.callbacks.once import OnceBeforeTraining
 from cbsa_dense.errors import ConfigError
 from cbsa_dense.layers.cbsa_attention import CBSAAttention
 from cbsa_dense.linearize.run import LinearizeSettings, linearize_encoder
 from cbsa_dense.linearize.teacher import cbsa_blocks
 
 
-class AttentionTransfer(Callback):
+class AttentionTransfer(OnceBeforeTraining):
     """Before the first training step of a fresh ``fit``, match each CBSA block of the task's encoder to the
     softmax attention of the pretrained weights it was loaded with (:mod:`cbsa_dense.linearize`), on the
     run's own training crops (labels unused), then train as usual.
@@ -49,6 +50,8 @@ class AttentionTransfer(Callback):
             large training images (detection at 1024: the softmax teacher at 2048 is expensive).
     """
 
+    step_name = "attention transfer"
+
     def __init__(self, steps: int = 150, train: Sequence[str] = ("step_sizes", "local"), calibrate: bool = False,
                  lr: float = 1e-2, qk_lr: float = 1e-4, holdout_batches: int = 8, eval_every: int = 25,
                  patience: int = 4, double_size_check: bool = True) -> None:
@@ -56,21 +59,10 @@ class AttentionTransfer(Callback):
                                           holdout_batches=holdout_batches, eval_every=eval_every,
                                           patience=patience, double_size_check=double_size_check)
         self.settings.check()
-        self.done = False
-
-    def state_dict(self) -> dict:
-        return {"done": self.done}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.done = bool(state_dict.get("done", False))
+        super().__init__()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.ckpt_path is not None:
-            rank_zero_info("attention transfer: skipped (the run resumes from a checkpoint)")
-            self.done = True
-            return
-        if self.done:
-            rank_zero_info("attention transfer: skipped (it has already run: its saved state says done)")
+        if self.skipped(trainer):
             return
         encoder = getattr(getattr(pl_module, "model", None), "encoder", None)
         if encoder is None:

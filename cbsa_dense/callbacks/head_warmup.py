@@ -6,14 +6,15 @@ import math
 import time
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from cbsa_dense.callbacks.once import OnceBeforeTraining
 from cbsa_dense.data.loaders import loader_passes
 from cbsa_dense.errors import ConfigError
 
 
-class HeadWarmup(Callback):
+class HeadWarmup(OnceBeforeTraining):
     """Before the first training step of a fresh ``fit``, train everything outside the encoder (the head, and
     the neck of a detector) alone on the frozen encoder's features of ``batches`` training batches, computed
     once and reused for ``steps`` steps; then fine-tune everything as usual.
@@ -41,6 +42,8 @@ class HeadWarmup(Callback):
         weight_decay: AdamW weight decay (not on 1-D parameters: norms and biases).
     """
 
+    step_name = "head warm-up"
+
     def __init__(self, batches: int = 100, steps: int = 1000, lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
         for name, value in (("batches", batches), ("steps", steps)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -48,23 +51,12 @@ class HeadWarmup(Callback):
         if not lr > 0 or weight_decay < 0:
             raise ConfigError(f"HeadWarmup lr={lr!r} must be > 0 and weight_decay={weight_decay!r} >= 0")
         self.batches, self.steps, self.lr, self.weight_decay = batches, steps, float(lr), float(weight_decay)
-        self.done = False
-
-    def state_dict(self) -> dict:
-        return {"done": self.done}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.done = bool(state_dict.get("done", False))
+        super().__init__()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from cbsa_dense.callbacks.attention_transfer import AttentionTransfer
 
-        if trainer.ckpt_path is not None:
-            rank_zero_info("head warm-up: skipped (the run resumes from a checkpoint)")
-            self.done = True
-            return
-        if self.done:
-            rank_zero_info("head warm-up: skipped (it has already run: its saved state says done)")
+        if self.skipped(trainer):
             return
         if any(isinstance(cb, AttentionTransfer) and not cb.done for cb in trainer.callbacks):
             raise ConfigError("trainer.callbacks lists HeadWarmup before AttentionTransfer: list it after, so that "
