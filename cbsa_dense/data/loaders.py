@@ -201,15 +201,20 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, collate
     return DataLoader(dataset, shuffle=False, **kwargs)
 
 
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Seed ``loader``'s next pass with ``epoch`` (through its sampler's ``set_epoch``, when it has one)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
 def loader_passes(loader: DataLoader, first_epoch: int = 0) -> Iterator:
     """Batches of passes ``first_epoch``, ``first_epoch + 1``, ... over ``loader``, endlessly (each pass seeded by
     its number through the sampler's ``set_epoch``): work before training that needs more batches than an epoch
     holds (attention transfer, head warm-up). A loader that yields no batch is a ``ValueError``."""
     epoch = first_epoch
     while True:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_loader_epoch(loader, epoch)
         yielded = False
         for batch in loader:
             yielded = True

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from cbsa_dense.data.loaders import loader_passes
+from cbsa_dense.data.loaders import loader_passes, set_loader_epoch
 from cbsa_dense.errors import ConfigError
 
 #: Epoch number of the held-out pass: its crops and order differ from those of the training passes.
@@ -22,15 +22,9 @@ def _images(batch) -> torch.Tensor:
                       f"(a segmentation or COCO datamodule of this package); got a {type(batch).__name__} batch")
 
 
-def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-
-
 def holdout_batches(loader: DataLoader, count: int) -> list[torch.Tensor]:
     """``count`` image batches of a separate pass over ``loader`` (other crops and order than training)."""
-    _set_epoch(loader, HOLDOUT_EPOCH)
+    set_loader_epoch(loader, HOLDOUT_EPOCH)
     batches = []
     for batch in loader:
         batches.append(_images(batch))
