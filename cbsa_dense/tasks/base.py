@@ -97,6 +97,7 @@ class BaseTask(LightningModule):
             if any(fnmatch.fnmatch(name, pattern) for pattern in self.freeze_patterns):
                 param.requires_grad_(False)
                 frozen.append(name)
+        self.frozen_names = frozen
         if self.freeze_patterns and not frozen:
             tops = sorted({".".join(name.split(".")[:2]) + ".*" for name, _ in self.named_parameters()})
             raise ConfigError(f"model freeze={self.freeze_patterns} matches no parameter of {type(self).__name__}: "
@@ -118,9 +119,29 @@ class BaseTask(LightningModule):
         return load_model_weights(self.model, path, strict=getattr(self, "weights_strict", True),
                                   check_checkpoint=same_task, opt_out=opt_out)
 
+    def check_frozen_start(self) -> None:
+        """A fresh ``fit`` that freezes parameters must start them from weights: pretrained ones for the encoder's,
+        ``weights`` for any. Frozen at their random initialization they would stay random, silently."""
+        frozen = getattr(self, "frozen_names", [])
+        if not frozen or self.weights:
+            return
+        encoder = getattr(getattr(self, "model", None), "encoder", None)
+        pretrained = getattr(encoder, "pretrained_from", None)
+        random = [name for name in frozen if not (pretrained and name.startswith("model.encoder."))]
+        if random:
+            shown = ", ".join(random[:2]) + (f" and {len(random) - 2} more" if len(random) > 2 else "")
+            source = ("the encoder has no pretrained weights (model.init_args.encoder.init_args.pretrained: null) "
+                      "and model.init_args.weights is not set" if not pretrained and encoder is not None
+                      else "model.init_args.weights is not set")
+            raise ConfigError(f"model freeze={self.freeze_patterns} would keep {shown} at their random "
+                              f"initialization: {source}; give the pretrained weights file, or set "
+                              f"--model.init_args.freeze null to train everything from random init")
+
     def on_fit_start(self) -> None:
-        if self.weights and self.trainer.ckpt_path is None:
-            self.load_weights(self.weights)
+        if self.trainer.ckpt_path is None:
+            self.check_frozen_start()
+            if self.weights:
+                self.load_weights(self.weights)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         info = dict(getattr(self, "data_info", None) or {})

@@ -90,3 +90,15 @@ def test_finetune_twin_refuses_weights_of_another_width(tmp_path, capsys):
     assert "wide.safetensors does not fit the ViTEncoder" in line, line
     assert "blocks.0.attn.qkv.bias file (144,) vs model (96,)" in line, line        # the key and both shapes
     assert "pretrained_strict: false" in line, line
+
+
+def test_finetune_twin_refuses_frozen_attention_without_weights(tmp_path, capsys):
+    """The config freezes the attention; without pretrained weights it would stay random for the whole run."""
+    root = make_dataset(tmp_path / "my_data", size=(30, 44))
+    line = cli_user_error([*TWIN, "--data.init_args.root", str(root), "--trainer.max_steps", "1",
+                           "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], capsys)
+    assert "model freeze=['model.encoder.blocks.*.attn.*'] would keep model.encoder.blocks.0.attn." in line, line
+    assert "random initialization" in line and "pretrained: null" in line, line
+    assert "--model.init_args.freeze null" in line, line
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))                       # stopped before any step

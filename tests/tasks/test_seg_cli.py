@@ -190,7 +190,7 @@ def test_finetune_cpu_config_twin_on_a_root_folder(tmp_path):
         "--data.init_args.crop_size", "[28, 28]", "--data.init_args.scale", "[56, 28]",
         "--model.init_args.evaluation.scale", "[56, 28]",
         f"{enc}img_size", "28", f"{enc}embed_dim", "32", f"{enc}depth", "1", f"{enc}num_heads", "2",
-        f"{enc}attn_layer.init_args.grid", "[2, 2]",
+        f"{enc}attn_layer.init_args.grid", "[2, 2]", "--model.init_args.freeze", "null",   # random init
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path))
     (best,) = (tmp_path / "runs" / "finetune_cpu" / "version_0" / "checkpoints").glob("*val_miou*.ckpt")
