@@ -6,7 +6,7 @@ state dict of a tiny task built in Python (``model.`` keys, as Lightning writes 
 
 * segmentation: ``hyper_parameters["inference"]`` (a ``SlidingWindowInference`` class_path/init_args dict) and
   ``data_info["eval_scale"]`` (a list, ``None`` for the original size; absent: the default ``(2048, 512)``);
-* detection: ``hyper_parameters["max_detection_thresholds"]`` and ``data_info`` ``image_size``, ``eval_mode``,
+* detection: an ``FCOSHead`` without ``box_activation`` (torchvision's ReLU), ``hyper_parameters["max_detection_thresholds"]`` and ``data_info`` ``image_size``, ``eval_mode``,
   ``tile_overlap``, ``native_scale``, ``train_mode``, ``resize`` (a text rule);
 * before that: the same keys in a separate ``checkpoint["eval_protocol"]`` dict.
 """
@@ -81,7 +81,7 @@ def old_det() -> dict:
     torch.manual_seed(0)
     task = DetectionTask(ViTEncoder(**DET_ENCODER["init_args"]),
                          partial(SimpleFeaturePyramid, **DET_NECK["init_args"]),
-                         partial(FCOSHead, **DET_HEAD["init_args"]), num_classes=3)
+                         partial(FCOSHead, **DET_HEAD["init_args"], box_activation="relu"), num_classes=3)
     hparams = {"_class_path": "cbsa_dense.tasks.DetectionTask", **COMMON, "layer_decay": 0.7,
                "encoder": copy.deepcopy(DET_ENCODER), "neck": copy.deepcopy(DET_NECK),
                "head": copy.deepcopy(DET_HEAD), "num_classes": 3, "max_detection_thresholds": [1, 10, 300]}
@@ -194,6 +194,19 @@ def test_detection_data_info_and_limits_become_the_protocol(old_det, tmp_path):
     assert DetEvaluation(**evaluation) == DET_EXPECTED
     result = model.predict(np.zeros((80, 100, 3), np.uint8))
     assert result["boxes"].shape[1:] == (4,)
+
+
+def test_an_old_fcos_head_keeps_the_relu_it_trained_with(old_det, tmp_path):
+    path = _save(old_det, tmp_path / "old_det.ckpt")
+    model = cbsa_dense.load(path)
+    head = model.task.model.head
+    assert head.box_activation == "relu"
+    assert type(head.head.regression_head.bbox_reg) is torch.nn.Conv2d
+    init = task_config(torch.load(path, weights_only=True))["init_args"]["head"]["init_args"]
+    assert init["box_activation"] == "relu" and init["num_convs"] == 1
+    features = [torch.randn(1, 32, 8, 8)]
+    (distances, _), = [model.task.model.head.head.regression_head(features)]
+    assert (distances == 0).any()                 # ReLU's zeros: exp would give none
 
 
 def test_an_old_native_trained_detector_still_refuses_resize(old_det, tmp_path):

@@ -96,7 +96,19 @@ def task_hparams(checkpoint: dict) -> dict:
         if num_classes is not None:
             hparams["num_classes"] = num_classes
     _with_evaluation(hparams, checkpoint)
+    _with_box_activation(hparams)
     return self_contained(hparams)[0]
+
+
+def _with_box_activation(hparams: dict) -> None:
+    """An ``FCOSHead`` stored before its ``box_activation`` argument trained with torchvision's ReLU: it stays
+    so (the new default, ``exp``, would read its weights differently)."""
+    head = hparams.get("head")
+    if not isinstance(head, dict) or _class_name(str(head.get("class_path", ""))) != "FCOSHead":
+        return
+    init_args = dict(head.get("init_args") or {})
+    if "box_activation" not in init_args:
+        hparams["head"] = {**head, "init_args": {**init_args, "box_activation": "relu"}}
 
 
 def _with_evaluation(hparams: dict, checkpoint: dict) -> None:

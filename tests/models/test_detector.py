@@ -79,3 +79,24 @@ def test_heads_reject_bad_inputs():
     detector = _detector(HEADS["fcos"])
     with pytest.raises(ValueError, match="needs targets"):
         detector(torch.randn(1, 3, 32, 32), [(32, 32)])
+
+
+def test_fcos_box_distances_keep_a_gradient_where_relu_has_none():
+    """torchvision's ReLU gives a distance whose conv output is negative neither a value nor a gradient (a
+    real run ended with every box's left side at 0); exp (the FCOS paper's, the default) gives both."""
+    from cbsa_dense.models.heads.det_fcos import ExpConv2d
+
+    torch.manual_seed(0)
+    features = [torch.randn(2, 32, 6, 6)]
+    for activation, expect_dead in (("relu", True), ("exp", False)):
+        head = FCOSHead(32, [8], 1, num_convs=1, box_activation=activation).head.regression_head
+        assert (type(head.bbox_reg) is ExpConv2d) is (activation == "exp")
+        with torch.no_grad():
+            head.bbox_reg.bias[0] = -10.0                # the left distance's output is negative everywhere
+        distances, _ = head(features)
+        distances[..., 0].sum().backward()
+        grad = head.bbox_reg.bias.grad[0]
+        assert bool(grad == 0) is expect_dead, (activation, grad)
+        assert bool((distances[..., 0] == 0).all()) is expect_dead   # every box's left side at 0, or none
+    with pytest.raises(Exception, match="box_activation='softplus'"):
+        FCOSHead(32, [8], 1, box_activation="softplus")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import cbsa_dense
 from cbsa_dense.cli import main
 from cbsa_dense.data.demo_det import generate_demo_coco
 from tests.tasks.test_finetune_tiny import timm_weights
@@ -87,3 +88,11 @@ def test_finetune_det_twin_learns_from_timm_weights(tmp_path):
     # at step 60 of 60; asserted: at least -17%). The kept state is the best held-out one, the start included, so
     # "not worse" would hold whatever the transfer did.
     assert transfer["best_step"] > 0 and transfer["holdout_after"] < 0.83 * transfer["holdout_before"], transfer
+    # the checkpoint says how its FCOS head maps distances: exp, the default (one written before the option
+    # existed loads as ReLU: tests/test_legacy_checkpoint.py), and the loaded model uses it
+    (ckpt,) = (run / "checkpoints").glob("last.ckpt")
+    head = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["head"]
+    assert head["init_args"]["box_activation"] == "exp", head
+    from cbsa_dense.models.heads.det_fcos import ExpConv2d
+
+    assert type(cbsa_dense.load(ckpt).task.model.head.head.regression_head.bbox_reg) is ExpConv2d

@@ -5,13 +5,26 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.fcos import FCOSHead as _TVFCOSHead
 from torchvision.models.detection.image_list import ImageList
 
+from cbsa_dense.errors import ConfigError
 from cbsa_dense.models.heads.det_common import ChannelsStub, DetHead, check_head_inputs
+
+#: How the regression conv's output becomes the 4 box distances (in strides), before torchvision's ReLU.
+BOX_ACTIVATIONS = ("exp", "relu")
+
+
+class ExpConv2d(nn.Conv2d):
+    """A convolution whose output is exponentiated: FCOS's box distances ``exp(x)`` (Tian et al., ICCV 2019),
+    positive with a gradient everywhere. Same parameters (and state-dict keys) as the conv it replaces."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.exp(super().forward(x))
 
 
 class FCOSHead(DetHead, FCOS):
@@ -30,14 +43,25 @@ class FCOSHead(DetHead, FCOS):
         nms_thresh: IoU of per-class NMS at inference.
         detections_per_img: detections kept per image (100 for COCO mAP).
         topk_candidates: best candidates per level before NMS.
+        box_activation: ``"exp"`` (the FCOS paper's ``exp(x)``, default) or ``"relu"`` (torchvision's). With
+            ReLU a distance whose output turns negative everywhere gets no gradient again: on real trees one run
+            in four ended with every box's left distance at 0 (AP50 0.03, docs/real_photos.md; FCOS issue
+            tianzhi0549/FCOS#310 reports the same). Checkpoints written before this option load as ``"relu"``.
     """
 
     def __init__(self, in_channels: int, strides: Sequence[int], num_classes: int, num_convs: int = 4,
                  center_sampling_radius: float = 1.5, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                 detections_per_img: int = 100, topk_candidates: int = 1000) -> None:
+                 detections_per_img: int = 100, topk_candidates: int = 1000, box_activation: str = "exp") -> None:
         check_head_inputs("FCOSHead", in_channels, strides, num_classes, group_norm=True)
+        if box_activation not in BOX_ACTIVATIONS:
+            raise ConfigError(f"FCOSHead box_activation={box_activation!r}: give one of {', '.join(BOX_ACTIVATIONS)}")
         anchors = AnchorGenerator(tuple((int(s),) for s in strides), ((1.0,),) * len(strides))
         head = _TVFCOSHead(in_channels, 1, num_classes, num_convs=num_convs)
+        if box_activation == "exp":            # torchvision's ReLU after it is then the identity
+            plain = head.regression_head.bbox_reg
+            head.regression_head.bbox_reg = ExpConv2d(plain.in_channels, plain.out_channels, plain.kernel_size,
+                                                      plain.stride, plain.padding)
+            head.regression_head.bbox_reg.load_state_dict(plain.state_dict())    # torchvision's init
         super().__init__(ChannelsStub(in_channels), num_classes, anchor_generator=anchors, head=head,
                          center_sampling_radius=center_sampling_radius, score_thresh=score_thresh,
                          nms_thresh=nms_thresh, detections_per_img=detections_per_img,
@@ -45,6 +69,7 @@ class FCOSHead(DetHead, FCOS):
         del self.backbone, self.transform
         self.num_classes = num_classes
         self.strides = list(strides)
+        self.box_activation = box_activation
 
     def forward(self, images: ImageList, features: OrderedDict[str, Tensor],
                 targets: list[dict[str, Tensor]] | None = None):
