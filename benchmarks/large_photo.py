@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """A detection checkpoint on one large photo: shrunk to the training input size (``shrunk``: longest side to
-``image_size``, as the evaluation ``mode: resize`` does), whole at its own size (``native``) or in overlapping
-tiles (``tiled``): time, peak memory, detections found and COCO AP against the photo's boxes.
+``image_size``, as the evaluation ``mode: resize`` does), whole at its own size (``native``), whole with the
+attention in windows of the training crop (``windowed``) or in overlapping tiles (``tiled``): time, peak
+memory, detections found and COCO AP against the photo's boxes.
 
     python benchmarks/large_photo.py --ckpt RUN/checkpoints/last.ckpt --json TREES/full.json \
-        --images TREES/images --image 2019_YELL_2_528000_4978000_image_crop2 [--modes shrunk native tiled]
+        --images TREES/images --image 2019_YELL_2_528000_4978000_image_crop2 [--modes shrunk native windowed tiled]
         [--threshold 0.3] [--max-dets 1000] [--threads 2] [--out results.json]
 
 Each mode runs in a fresh process (the peak is the growth of the process's resident set during the
@@ -136,7 +137,7 @@ def main() -> None:
     parser.add_argument("--json", required=True, help="COCO json holding the photo and its boxes")
     parser.add_argument("--images", required=True, help="the json's image folder")
     parser.add_argument("--image", required=True, help="file stem of the photo")
-    parser.add_argument("--modes", nargs="+", default=["shrunk", "native", "tiled"])
+    parser.add_argument("--modes", nargs="+", default=["shrunk", "native", "windowed", "tiled"])
     parser.add_argument("--encoder-only", action="store_true",
                         help="also time the encoder alone, CBSA and softmax, at the photo's size x --encoder-scale")
     parser.add_argument("--encoder-scale", type=float, default=1.0)

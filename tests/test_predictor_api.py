@@ -298,3 +298,20 @@ def test_detection_draw_is_an_image_with_a_legend(det, det_images):
     assert rows < image.shape[0] and cols < image.shape[1]
     nothing = det.draw(image, result, score_threshold=1.01)                  # no box scores above: the photo
     np.testing.assert_array_equal(nothing, image)
+
+
+def test_windowed_detection_is_native_with_attention_in_windows(det_ckpt, det_images):
+    from cbsa_dense.layers.windows import WindowedAttention
+
+    image = det_images[0]                                  # 96x112: 6x7 tokens at the demo's patch 16
+    native = _det(det_ckpt, mode="native")
+    whole = _det(det_ckpt, mode="windowed")                # windows of 128 px (8 tokens): the whole image
+    assert whole.evaluation.describe().startswith("windowed: the image at its own size, one pass, attention in 128 px")
+    _same_detections(whole.predict(image), native.predict(image))
+    small = _det(det_ckpt, mode="windowed", image_size=48)  # 3-token windows: 2x2 of them
+    windowed = small.predict(image)
+    assert windowed["boxes"].shape[1:] == (4,) and len(windowed["boxes"]) > 0
+    assert not (len(windowed["boxes"]) == len(native.predict(image)["boxes"])
+                and np.allclose(windowed["boxes"], native.predict(image)["boxes"]))
+    encoder = small.task.model.encoder
+    assert not any(isinstance(block.attn, WindowedAttention) for block in encoder.blocks)   # restored after

@@ -72,7 +72,7 @@ class DetectionTask(BaseTask):
             categories of its json) and cannot be set separately.
         mask_threshold: probability above which a predicted mask pixel is foreground.
         evaluation: the evaluation protocol (:class:`~cbsa_dense.tasks.eval_protocol.DetEvaluation`: resize,
-            native or tiled input, the metric's ``max_detection_thresholds``); ``None``: the datamodule's
+            native, windowed or tiled input, the metric's ``max_detection_thresholds``); ``None``: the datamodule's
             default (resize to its ``image_size``, COCO's limits). The CLI gives it to the datamodule, which
             builds its evaluation transform with it; the task tiles from it. It travels with every
             checkpoint (resolved) and ``validate``/``test``/``predict --ckpt_path`` and
@@ -242,7 +242,8 @@ class DetectionTask(BaseTask):
         head_limit = head_nms_settings(self.model.head)[1]
         crop = self.evaluation.image_size or max(max(hw) for hw in batch["image_size"])
         limits = [image_limit(head_limit, crop, h, w) if head_limit else None for h, w in batch["image_size"]]
-        with raised_limits(self.model.head, max(limits) / head_limit if head_limit else 1.0):
+        with raised_limits(self.model.head, max(limits) / head_limit if head_limit else 1.0), \
+                self.evaluation.attention(self.model.encoder):
             detections = self.model(batch["image"], batch["image_size"])
         if head_limit:
             detections = [keep_best(d, limit) for d, limit in zip(detections, limits)]

@@ -11,7 +11,8 @@ trained; :func:`legacy_evaluation` reads the protocol of a checkpoint written be
 * :class:`SegEvaluation`: keep-ratio resize to ``scale`` (or the original size), then ``window`` /
   ``stride`` sliding window (or the whole image), ``scales`` and ``flip`` test-time augmentation.
 * :class:`DetEvaluation`: ``mode`` ``resize`` (longest side to ``image_size``, zero-padded square), ``native``
-  (the image at its own pixel size times ``native_scale``, one pass) or ``tiled`` (``image_size`` tiles
+  (the image at its own pixel size times ``native_scale``, one pass), ``windowed`` (as native, the attention in
+  ``image_size`` windows) or ``tiled`` (``image_size`` tiles
   overlapping by ``tile_overlap``, merged), and the metric's ``max_detection_thresholds``.
 
 Fields left ``None`` that depend on the training data (``image_size`` and ``native_scale`` of detection) are
@@ -21,6 +22,7 @@ what it was evaluated with.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ __all__ = ["SegEvaluation", "DetEvaluation", "Evaluation", "eval_transform", "ch
            "legacy_evaluation", "evaluation_from", "replace_fields", "moved_setting_hint"]
 
 #: Detection ``mode``\s.
-DET_MODES = ("resize", "native", "tiled")
+DET_MODES = ("resize", "native", "windowed", "tiled")
 
 
 def _pair(name: str, value, what: str) -> tuple[int, int] | None:
@@ -130,14 +132,16 @@ class DetEvaluation:
     Args:
         mode: ``resize`` (longest side resized to ``image_size``, zero-padded to a square: ViTDet's input, as
             in training), ``native`` (the whole image at its original pixel size times ``native_scale``, one
-            pass: global CBSA attention, cost linear in the pixels) or ``tiled`` (the original-size image cut
+            pass: global CBSA attention, cost linear in the pixels), ``windowed`` (as ``native``, with every attention
+            layer working in windows of ``image_size`` pixels, the training crop, while MLPs, neck and head see
+            the whole image: :mod:`cbsa_dense.layers.windows`) or ``tiled`` (the original-size image cut
             into ``image_size`` tiles overlapping by ``tile_overlap``; each tile keeps the detections centred
             in its own part of the overlap, then class-wise NMS at the head's threshold). ``native`` and
-            ``tiled`` suit photos much larger than the training crops whose objects keep their pixel size
-            (aerial and microscope images); a model trained that way (data ``train_mode: native``) refuses
-            ``resize``.
-        image_size: the resize side (``resize``) or the tile side (``tiled``); ``None``: the data's training
-            ``image_size``.
+            ``tiled`` (and ``windowed``) suit photos much larger than the training crops whose objects keep their
+            pixel size (aerial and microscope images); a model trained that way (data ``train_mode: native``)
+            refuses ``resize``.
+        image_size: the resize side (``resize``), the tile side (``tiled``) or the attention window's side
+            (``windowed``, rounded down to whole patches); ``None``: the data's training ``image_size``.
         tile_overlap: ``tiled``: overlap of neighbouring tiles in pixels, in ``[0, image_size / 2)``; at least
             the largest object's side (``None``: a quarter of the tile).
         native_scale: ``native`` / ``tiled``: the image is first scaled by this (``None``: the data's
@@ -189,6 +193,16 @@ class DetEvaluation:
                               "(its image_size is used)")
         return self.image_size
 
+    def attention(self, encoder):
+        """Context in which ``encoder`` runs under this protocol: ``windowed`` puts its attention layers in
+        windows of ``image_size`` (:func:`~cbsa_dense.layers.windows.attention_windows`); other modes change
+        nothing."""
+        if self.mode != "windowed":
+            return contextlib.nullcontext()
+        from cbsa_dense.layers.windows import attention_windows
+
+        return attention_windows(encoder, self._size())
+
     @property
     def tile(self) -> tuple[int, int] | None:
         """``(tile side, overlap)`` in ``tiled`` mode, else ``None``."""
@@ -206,6 +220,8 @@ class DetEvaluation:
         size = self.image_size if self.image_size is not None else "the data's image_size"
         if self.mode == "native":
             how = f"native: the image at its own size{scaled}, one pass"
+        elif self.mode == "windowed":
+            how = f"windowed: the image at its own size{scaled}, one pass, attention in {size} px windows"
         elif self.mode == "tiled":
             overlap = self.overlap() if self.image_size is not None else "a quarter of the tile"
             how = f"tiled: {size} px tiles overlapping by {overlap} px{scaled}"
@@ -282,7 +298,7 @@ def check_against_training(protocol: Evaluation, trained: Mapping[str, Any], whe
     if isinstance(protocol, DetEvaluation) and trained.get("train_mode") == "native" and protocol.mode == "resize":
         source = f" ({where})" if where else ""
         raise ConfigError(f"this model was trained on objects at their own pixel size (data train_mode native{source})"
-                          ": evaluation mode resize would shrink them; set model evaluation mode native or tiled")
+                          ": evaluation mode resize would shrink them; set model evaluation mode native, windowed or tiled")
 
 
 # ------------------------------------------------------------------------------------------ old checkpoints

@@ -186,7 +186,7 @@ def test_native_training_crops_keep_the_objects_pixel_size():
 def test_native_training_needs_native_or_tiled_evaluation(tmp_path):
     from cbsa_dense.data.coco_datamodule import COCODetectionDataModule
 
-    with pytest.raises(ConfigError, match="train_mode native .* set model evaluation mode native or tiled"):
+    with pytest.raises(ConfigError, match="train_mode native .* set model evaluation mode native, windowed or tiled"):
         COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="native")
     with pytest.raises(ConfigError, match="train_mode='crop' is invalid"):
         COCODetectionDataModule(root=str(tmp_path), image_size=224, train_mode="crop")

@@ -267,7 +267,7 @@ def evaluation_size(task, cfg) -> dict:
                 "note": f"an image filling the (long, short) box, {size[0]}x{size[1]}"}
     side = evaluation.image_size or (data_args.get("image_size") if data_args is not None else None)
     protocol = f"{evaluation.mode}, image_size {side}" if side else evaluation.mode
-    if evaluation.mode == "native" or not side:
+    if evaluation.mode in ("native", "windowed") or not side:
         return {"protocol": protocol, "image_size": None, "passes": [],
                 "note": "evaluated at each photo's own size: not counted"}
     note = f"one {side}x{side} tile (the photo's size sets the tile count)" if evaluation.mode == "tiled" else \
