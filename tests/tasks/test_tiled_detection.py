@@ -89,7 +89,7 @@ def test_the_detection_limit_keeps_the_best():
 
 
 @pytest.mark.parametrize(("mode", "overlap", "message"), [
-    ("tile", None, "evaluation mode='tile' is invalid: give one of resize, native, tiled"),
+    ("tile", None, "evaluation mode='tile' is invalid: give one of resize, native, windowed, tiled"),
     ("tiled", 32, "evaluation tile_overlap=32 is invalid"),
     ("tiled", -1, "evaluation tile_overlap=-1 is invalid"),
 ])
