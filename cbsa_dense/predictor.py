@@ -276,8 +276,8 @@ class DetectionPredictor(Predictor):
     (N,) int64 class indices, "class_names": N names}`` (plus ``"masks"`` (N, H, W) bool with a mask head).
 
     Protocol: ``mode`` ``resize`` (longest side resized to ``image_size`` and zero-padded to a square),
-    ``native`` (the image at its own size) or ``tiled`` (``image_size`` tiles overlapping by
-    ``tile_overlap``, merged); the training normalization; the head's detection limit per training crop,
+    ``native`` (the image at its own size), ``windowed`` (as native, the attention in ``image_size`` windows) or
+    ``tiled`` (``image_size`` tiles overlapping by ``tile_overlap``, merged); the training normalization; the head's detection limit per training crop,
     scaled by the image's area (each result's ``at_limit`` is True when the image kept that many, so boxes
     may be missing); boxes mapped back to original pixels.
     """
